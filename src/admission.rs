@@ -1,0 +1,314 @@
+//! AdmissionReview bytes in, AdmissionReview bytes out: the one function (`review`) that the
+//! server and the `review` command share, so both answer with the same bytes.
+//!
+//! The envelope is decoded into a lean borrowed struct rather than kube-core's
+//! `AdmissionReview<T>`: kube-core requires `userInfo`/`resource`, decodes the object as one
+//! type (a CONNECT carries PodExecOptions, not a Pod) and serializes `patch` as an array of
+//! numbers, while the SPEC (and Go's `[]byte`) want base64. kube-core's constants keep the
+//! names in one place.
+
+use base64::Engine as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::{META_API_VERSION_V1, META_KIND};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::config::Config;
+use crate::inject::{decide, Decision, Policy, Reason};
+
+/// Largest body accepted; a larger one is answered 413.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// An input answered at the HTTP level (400 or 413) rather than with an AdmissionReview.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body is larger than {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+}
+
+impl RequestError {
+    pub fn reason(&self) -> Reason {
+        match self {
+            RequestError::BadRequest(_) => Reason::BadRequest,
+            RequestError::TooLarge => Reason::TooLarge,
+        }
+    }
+
+    pub fn http_status(&self) -> u16 {
+        match self {
+            RequestError::BadRequest(_) => 400,
+            RequestError::TooLarge => 413,
+        }
+    }
+}
+
+/// Whether the answer injected, left the pod alone or denied it (the metric's `outcome`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Injected,
+    Skipped,
+    Denied,
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Injected => "injected",
+            Outcome::Skipped => "skipped",
+            Outcome::Denied => "denied",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// A reviewed request: the response bytes and what the log and metrics need to know.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub body: Vec<u8>,
+    pub outcome: Outcome,
+    pub reason: Reason,
+    pub uid: String,
+    pub namespace: String,
+    /// The pod's name, else its generateName, else the request's name.
+    pub pod: String,
+    pub profiles: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    api_version: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    request: Option<Request<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Request<'a> {
+    #[serde(default)]
+    uid: Option<String>,
+    #[serde(default)]
+    kind: Option<Gvk>,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    operation: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct Gvk {
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    kind: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    warnings: &'a [String],
+    audit_annotations: AuditOut,
+}
+
+#[derive(Serialize)]
+struct StatusOut<'a> {
+    status: &'a str,
+    code: u16,
+    reason: &'a str,
+    message: &'a str,
+}
+
+/// The reason, in the apiserver's audit log (prefixed there with the webhook's name).
+#[derive(Serialize)]
+struct AuditOut {
+    reason: &'static str,
+}
+
+fn bad(msg: impl Into<String>) -> RequestError {
+    RequestError::BadRequest(msg.into())
+}
+
+/// The Kubernetes StatusReason that goes with a denial code.
+fn status_reason(code: u16) -> &'static str {
+    match code {
+        409 => "Conflict",
+        _ => "BadRequest",
+    }
+}
+
+fn decode_pod(object: Option<&RawValue>) -> Result<Pod, String> {
+    let object = match object {
+        Some(o) if o.get() != "null" => o,
+        _ => return Err("the request has no pod object".into()),
+    };
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct TypeMeta<'a> {
+        #[serde(borrow)]
+        api_version: Option<std::borrow::Cow<'a, str>>,
+        #[serde(borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    let types: TypeMeta =
+        serde_json::from_str(object.get()).map_err(|e| format!("cannot decode the pod: {e}"))?;
+    if types.kind.as_deref().is_some_and(|k| k != "Pod")
+        || types.api_version.as_deref().is_some_and(|v| v != "v1")
+    {
+        return Err(format!(
+            "the object is a {}/{}, not a v1 Pod",
+            types.api_version.as_deref().unwrap_or(""),
+            types.kind.as_deref().unwrap_or("")
+        ));
+    }
+    serde_json::from_str(object.get()).map_err(|e| format!("cannot decode the pod: {e}"))
+}
+
+/// Reviews one AdmissionReview request body.
+pub fn review(body: &[u8], policy: Policy, config: &Config) -> Result<Answer, RequestError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(RequestError::TooLarge);
+    }
+    let env: Envelope = serde_json::from_slice(body)
+        .map_err(|e| bad(format!("the body is not an AdmissionReview: {e}")))?;
+    if env.kind.as_deref() != Some(META_KIND) {
+        return Err(bad(format!(
+            "the body is not an AdmissionReview (kind {:?})",
+            env.kind.as_deref().unwrap_or("")
+        )));
+    }
+    if env.api_version.as_deref() != Some(META_API_VERSION_V1) {
+        return Err(bad(format!(
+            "unsupported AdmissionReview version {:?}: only {META_API_VERSION_V1} is supported",
+            env.api_version.as_deref().unwrap_or("")
+        )));
+    }
+    let req = env
+        .request
+        .ok_or_else(|| bad("the AdmissionReview has no request"))?;
+    let uid = match req.uid.as_deref() {
+        Some(u) if !u.is_empty() => u.to_string(),
+        _ => return Err(bad("the AdmissionReview request has no uid")),
+    };
+
+    let gvk = req.kind.unwrap_or_default();
+    let is_pod_create = gvk.group.is_empty()
+        && gvk.kind == "Pod"
+        && req.operation.as_deref() == Some("CREATE")
+        && req.sub_resource.as_deref().unwrap_or("").is_empty();
+
+    let mut pod_name = req.name.clone().unwrap_or_default();
+    let (decision, profiles) = if !is_pod_create {
+        (Decision::Unchanged(Reason::NotAPodCreate), Vec::new())
+    } else {
+        match decode_pod(req.object) {
+            Err(message) => (
+                Decision::Deny {
+                    reason: Reason::BadObject,
+                    code: 400,
+                    message,
+                },
+                Vec::new(),
+            ),
+            Ok(pod) => {
+                if let Some(n) = pod
+                    .metadata
+                    .name
+                    .as_ref()
+                    .or(pod.metadata.generate_name.as_ref())
+                {
+                    pod_name = n.clone();
+                }
+                let d = decide(&pod, policy, config);
+                let profiles = match &d {
+                    Decision::Inject { injection, .. } => injection.profiles.clone(),
+                    _ => Vec::new(),
+                };
+                (d, profiles)
+            }
+        }
+    };
+    let body = render(&uid, &decision);
+    Ok(Answer {
+        body,
+        outcome: match decision {
+            Decision::Inject { .. } => Outcome::Injected,
+            Decision::Unchanged(_) => Outcome::Skipped,
+            Decision::Deny { .. } => Outcome::Denied,
+        },
+        reason: decision.reason(),
+        uid,
+        namespace: req.namespace.unwrap_or_default(),
+        pod: pod_name,
+        profiles,
+    })
+}
+
+fn render(uid: &str, decision: &Decision) -> Vec<u8> {
+    let reason = decision.reason().as_str();
+    let mut response = ResponseOut {
+        uid,
+        allowed: true,
+        status: None,
+        patch_type: None,
+        patch: None,
+        warnings: &[],
+        audit_annotations: AuditOut { reason },
+    };
+    match decision {
+        Decision::Unchanged(_) => {}
+        Decision::Inject { injection, .. } => {
+            // A patch never goes without its type (kube-core's `with_patch` rule).
+            let patch = serde_json::to_vec(&injection.patch).unwrap_or_default();
+            response.patch = Some(base64::engine::general_purpose::STANDARD.encode(patch));
+            response.patch_type = Some("JSONPatch");
+            response.warnings = &injection.warnings;
+        }
+        Decision::Deny { code, message, .. } => {
+            response.allowed = false;
+            response.status = Some(StatusOut {
+                status: "Failure",
+                code: *code,
+                reason: status_reason(*code),
+                message,
+            });
+        }
+    }
+    let out = ReviewOut {
+        api_version: META_API_VERSION_V1,
+        kind: META_KIND,
+        response,
+    };
+    // Newline-terminated like most JSON APIs, so `review` prints exactly the server's bytes.
+    let mut body = serde_json::to_vec(&out).unwrap_or_default();
+    body.push(b'\n');
+    body
+}

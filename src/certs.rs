@@ -1,0 +1,89 @@
+//! Certificate generation: a CA and a serving certificate for `certs`, and the in-memory
+//! self-signed pair of `serve --dev`.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+};
+use time::{Duration, OffsetDateTime};
+
+#[derive(Debug, thiserror::Error)]
+#[error("certificate generation failed: {0}")]
+pub struct CertError(#[from] rcgen::Error);
+
+/// PEM texts of a CA and of a serving certificate it signed.
+pub struct Generated {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+fn serving_params(names: &[String], days: i64) -> Result<CertificateParams, CertError> {
+    let mut params = CertificateParams::new(names.to_vec())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        names.first().map_or("sidecar-injector", String::as_str),
+    );
+    params.distinguished_name = dn;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(days);
+    Ok(params)
+}
+
+/// A CA (valid 10 years) and a serving certificate for `names` (DNS names or IP addresses,
+/// valid 1 year) signed by it.
+pub fn generate(names: &[String]) -> Result<Generated, CertError> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "sidecar-injector CA");
+    ca_params.distinguished_name = dn;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = OffsetDateTime::now_utc();
+    ca_params.not_before = now - Duration::hours(1);
+    ca_params.not_after = now + Duration::days(3650);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+
+    let key = KeyPair::generate()?;
+    let cert = serving_params(names, 365)?.signed_by(&key, &ca)?;
+    Ok(Generated {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The `--dev` pair: self-signed for localhost and 127.0.0.1, never written to disk.
+pub fn dev_pair() -> Result<(String, String), CertError> {
+    let key = KeyPair::generate()?;
+    let names = ["localhost".to_string(), "127.0.0.1".to_string()];
+    let cert = serving_params(&names, 30)?.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_pem_pairs() {
+        let g = generate(&["svc.ns.svc".into(), "127.0.0.1".into()]).unwrap();
+        assert!(g.ca_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(g.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(g.key_pem.contains("PRIVATE KEY"));
+        let (c, k) = dev_pair().unwrap();
+        assert!(c.contains("CERTIFICATE") && k.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn rejects_invalid_name() {
+        assert!(generate(&["bad name with spaces\u{0}".into()]).is_err());
+    }
+}

@@ -1,0 +1,165 @@
+//! The command line: argument parsing and the offline commands (`review`, `inject`, `certs`).
+//! The binary edge: errors become a line on stderr and an exit code here.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::inject::Policy;
+use crate::server::ServeArgs;
+
+#[derive(Parser, Debug)]
+#[command(name = "sidecar-injector", version, about = "Kubernetes sidecar injection webhook")]
+pub struct Cli {
+    /// Injection config (YAML); without it the embedded default applies.
+    #[arg(long, global = true, env = "SIDECAR_INJECTOR_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTPS webhook server.
+    Serve(ServeArgs),
+    /// Answer one AdmissionReview request (JSON) exactly as the server would.
+    Review(ReviewArgs),
+    /// Inject sidecars into manifests (YAML or JSON, multi-document) and print them as YAML.
+    Inject(InjectArgs),
+    /// Write a CA and a serving certificate and key (ca.crt, tls.crt, tls.key).
+    Certs(CertsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InputArgs {
+    /// Input file; `-` or none reads standard input.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// `enabled` answers like `/mutate?policy=enabled` (inject unless the pod opts out).
+    #[arg(long, value_enum, default_value = "disabled")]
+    pub policy: Policy,
+}
+
+#[derive(Args, Debug)]
+pub struct ReviewArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct InjectArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CertsArgs {
+    /// Directory to write into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// DNS names (or IP addresses) of the serving certificate.
+    #[arg(long = "dns", value_name = "NAME", required = true, num_args = 1..)]
+    pub dns: Vec<String>,
+}
+
+fn read_input(file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    match file {
+        None => std::io::stdin().read_to_end(&mut buf).map(|_| ()),
+        Some(p) if p == Path::new("-") => std::io::stdin().read_to_end(&mut buf).map(|_| ()),
+        Some(p) => std::fs::read(p).map(|b| buf = b),
+    }
+    .with_context(|| {
+        format!(
+            "cannot read {}",
+            file.map_or("standard input".into(), |p| p.display().to_string())
+        )
+    })?;
+    Ok(buf)
+}
+
+/// Prints the answer; `Ok(false)` for input the server would answer with HTTP 400/413.
+fn review(config: &Config, args: &ReviewArgs) -> anyhow::Result<bool> {
+    let body = read_input(args.input.file.as_deref())?;
+    match crate::admission::review(&body, args.input.policy, config) {
+        Ok(answer) => {
+            std::io::stdout().write_all(&answer.body)?;
+            Ok(true)
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            Ok(false)
+        }
+    }
+}
+
+fn inject(config: &Config, args: &InjectArgs) -> anyhow::Result<bool> {
+    let bytes = read_input(args.input.file.as_deref())?;
+    let text = String::from_utf8(bytes).context("the input is not UTF-8 text")?;
+    let report = crate::manifest::inject(&text, args.input.policy, config)?;
+    for line in &report.unchanged {
+        eprintln!("{line}");
+    }
+    if !report.denials.is_empty() {
+        for line in &report.denials {
+            eprintln!("{line}");
+        }
+        return Ok(false);
+    }
+    std::io::stdout().write_all(report.output.as_bytes())?;
+    Ok(true)
+}
+
+fn write_file(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn certs(args: &CertsArgs) -> anyhow::Result<bool> {
+    let g = crate::certs::generate(&args.dns)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    write_file(&args.out.join("ca.crt"), &g.ca_pem, false)?;
+    write_file(&args.out.join("tls.crt"), &g.cert_pem, false)?;
+    write_file(&args.out.join("tls.key"), &g.key_pem, true)?;
+    eprintln!(
+        "wrote {0}/ca.crt, {0}/tls.crt and {0}/tls.key for {1}",
+        args.out.display(),
+        args.dns.join(", ")
+    );
+    Ok(true)
+}
+
+fn run(cli: Cli) -> anyhow::Result<bool> {
+    let config = || Config::load(cli.config.as_deref());
+    match &cli.command {
+        Command::Review(args) => review(&config()?, args),
+        Command::Inject(args) => inject(&config()?, args),
+        Command::Certs(args) => certs(args),
+        Command::Serve(args) => crate::server::serve(args, cli.config.clone()).map(|()| true),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("sidecar-injector: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

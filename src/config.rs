@@ -1,0 +1,314 @@
+//! The injection config (`--config`, YAML): which profiles exist and what each injects.
+//!
+//! Loading validates everything a request could otherwise trip over, and turns the typed
+//! Kubernetes objects into JSON once, so that building a patch only clones prepared values.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{Container, Volume, VolumeMount};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The configuration that applies when `--config` is not given.
+pub const DEFAULT_CONFIG_YAML: &str = include_str!("default-config.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {reason}")]
+    Parse {
+        path: String,
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawConfig {
+    default_profiles: Vec<String>,
+    #[serde(default)]
+    native_sidecars: bool,
+    profiles: BTreeMap<String, RawProfile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawProfile {
+    #[serde(default)]
+    volumes: Vec<Volume>,
+    #[serde(default)]
+    containers: Vec<Container>,
+    #[serde(default)]
+    init_containers: Vec<Container>,
+    #[serde(default)]
+    app_volume_mounts: Vec<VolumeMount>,
+}
+
+/// A named object of a profile, kept as the JSON that goes into the patch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Named {
+    pub name: String,
+    pub json: Value,
+}
+
+/// An app volume mount: the volume it mounts and where (before `app-mount-path` moves it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppMount {
+    pub name: String,
+    pub mount_path: String,
+    pub json: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub volumes: Vec<Named>,
+    pub containers: Vec<Named>,
+    pub init_containers: Vec<Named>,
+    pub app_volume_mounts: Vec<AppMount>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub default_profiles: Vec<String>,
+    pub native_sidecars: bool,
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+impl Config {
+    /// The embedded default config.
+    pub fn embedded() -> Result<Config, ConfigError> {
+        Config::from_yaml(DEFAULT_CONFIG_YAML, "<embedded default config>")
+    }
+
+    /// Reads `path`, or the embedded default when there is none.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            None => Config::embedded(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Config::from_yaml(&text, &path.display().to_string())
+            }
+        }
+    }
+
+    /// Parses and validates a config; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+            ConfigError::Parse {
+                path: origin.to_string(),
+                line,
+                column,
+                reason: e.to_string(),
+            }
+        })?;
+        compile(raw).map_err(|reason| ConfigError::Invalid {
+            path: origin.to_string(),
+            reason,
+        })
+    }
+
+    /// Known profile names, for messages.
+    pub fn profile_names(&self) -> String {
+        self.profiles
+            .keys()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+fn to_json<T: serde::Serialize>(what: &str, value: &T) -> Result<Value, String> {
+    serde_json::to_value(value).map_err(|e| format!("{what}: cannot encode: {e}"))
+}
+
+fn compile(raw: RawConfig) -> Result<Config, String> {
+    if raw.profiles.is_empty() {
+        return Err("profiles: at least one profile is required".into());
+    }
+    if raw.default_profiles.is_empty() {
+        return Err("defaultProfiles: at least one profile is required".into());
+    }
+    for name in &raw.default_profiles {
+        if !raw.profiles.contains_key(name) {
+            return Err(format!("defaultProfiles: unknown profile {name:?}"));
+        }
+    }
+    // One definition per name across all profiles, so that profiles combine unambiguously:
+    // identical definitions are shared, different ones would be a silent surprise.
+    let mut seen: BTreeMap<(&'static str, String), (String, Value)> = BTreeMap::new();
+    let mut check_unique =
+        |kind: &'static str, name: &str, profile: &str, json: &Value| -> Result<(), String> {
+            match seen.get(&(kind, name.to_string())) {
+                Some((other, prev)) if prev != json => Err(format!(
+                    "{kind} {name:?} is defined differently in profiles {other:?} and {profile:?}"
+                )),
+                Some(_) => Ok(()),
+                None => {
+                    seen.insert((kind, name.to_string()), (profile.to_string(), json.clone()));
+                    Ok(())
+                }
+            }
+        };
+
+    let mut profiles = BTreeMap::new();
+    for (pname, p) in raw.profiles {
+        if pname.is_empty() || pname.contains(',') || pname.trim() != pname {
+            return Err(format!(
+                "profiles: invalid profile name {pname:?} (no commas, no surrounding spaces)"
+            ));
+        }
+        let at = |what: &str| format!("profiles.{pname}.{what}");
+        let mut names = BTreeSet::new();
+        let mut volumes = Vec::new();
+        for v in &p.volumes {
+            if v.name.is_empty() {
+                return Err(format!("{}: a volume has no name", at("volumes")));
+            }
+            if !names.insert(("volume", v.name.clone())) {
+                return Err(format!("{}: volume {:?} is repeated", at("volumes"), v.name));
+            }
+            let json = to_json(&at("volumes"), v)?;
+            check_unique("volume", &v.name, &pname, &json)?;
+            volumes.push(Named {
+                name: v.name.clone(),
+                json,
+            });
+        }
+        let mut containers = Vec::new();
+        let mut init_containers = Vec::new();
+        for (field, list, out) in [
+            ("containers", &p.containers, &mut containers),
+            ("initContainers", &p.init_containers, &mut init_containers),
+        ] {
+            for c in list {
+                if c.name.is_empty() {
+                    return Err(format!("{}: a container has no name", at(field)));
+                }
+                if c.image.as_deref().unwrap_or("").is_empty() {
+                    return Err(format!("{}: container {:?} has no image", at(field), c.name));
+                }
+                if !names.insert(("container", c.name.clone())) {
+                    return Err(format!(
+                        "{}: container {:?} is repeated in the profile",
+                        at(field),
+                        c.name
+                    ));
+                }
+                let json = to_json(&at(field), c)?;
+                check_unique("container", &c.name, &pname, &json)?;
+                out.push(Named {
+                    name: c.name.clone(),
+                    json,
+                });
+            }
+        }
+        let mut app_volume_mounts = Vec::new();
+        for m in &p.app_volume_mounts {
+            if m.name.is_empty() || !m.mount_path.starts_with('/') {
+                return Err(format!(
+                    "{}: each mount needs a name and an absolute mountPath",
+                    at("appVolumeMounts")
+                ));
+            }
+            let json = to_json(&at("appVolumeMounts"), m)?;
+            check_unique("app mount path", &m.mount_path, &pname, &json)?;
+            app_volume_mounts.push(AppMount {
+                name: m.name.clone(),
+                mount_path: m.mount_path.clone(),
+                json,
+            });
+        }
+        profiles.insert(
+            pname,
+            Profile {
+                volumes,
+                containers,
+                init_containers,
+                app_volume_mounts,
+            },
+        );
+    }
+    Ok(Config {
+        default_profiles: raw.default_profiles,
+        native_sidecars: raw.native_sidecars,
+        profiles,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_config_loads_with_both_profiles() {
+        let c = Config::embedded().unwrap();
+        assert_eq!(c.default_profiles, vec!["default"]);
+        assert!(!c.native_sidecars);
+        assert_eq!(c.profile_names(), "default, logging");
+        let d = &c.profiles["default"];
+        assert_eq!(d.containers[0].name, "sidecar");
+        assert_eq!(d.containers[0].json["image"], "busybox:1.36");
+        assert_eq!(d.volumes[0].json, serde_json::json!({"name":"shared-data","emptyDir":{}}));
+        assert_eq!(d.app_volume_mounts[0].mount_path, "/pod-data");
+        let sc = &d.containers[0].json["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["privileged"], false);
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert_eq!(c.profiles["logging"].containers[0].name, "log-tailer");
+    }
+
+    #[test]
+    fn parse_error_names_path_and_line() {
+        let err = Config::from_yaml("defaultProfiles: [default]\nprofiles:\n  default:\n    bogus: 1\n", "x.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("x.yaml:4:"), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn rejects_unknown_default_profile() {
+        let err = Config::from_yaml("defaultProfiles: [nope]\nprofiles:\n  a: {}\n", "c.yaml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "c.yaml: defaultProfiles: unknown profile \"nope\"");
+    }
+
+    #[test]
+    fn rejects_conflicting_definitions_across_profiles() {
+        let yaml = "defaultProfiles: [a]\nprofiles:\n  a:\n    volumes: [{name: v, emptyDir: {}}]\n  b:\n    volumes: [{name: v, hostPath: {path: /x}}]\n";
+        let err = Config::from_yaml(yaml, "c.yaml").unwrap_err().to_string();
+        assert!(err.contains("volume \"v\" is defined differently"), "{err}");
+    }
+
+    #[test]
+    fn rejects_container_without_image_and_bad_profile_name() {
+        let yaml = "defaultProfiles: [a]\nprofiles:\n  a:\n    containers: [{name: x}]\n";
+        let err = Config::from_yaml(yaml, "c.yaml").unwrap_err().to_string();
+        assert!(err.contains("has no image"), "{err}");
+        let yaml = "defaultProfiles: [a]\nprofiles:\n  a: {}\n  'b,c': {}\n";
+        let err = Config::from_yaml(yaml, "c.yaml").unwrap_err().to_string();
+        assert!(err.contains("invalid profile name"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_file_names_the_path() {
+        let err = Config::load(Some(Path::new("/nonexistent/cfg.yaml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("/nonexistent/cfg.yaml: cannot read"), "{err}");
+    }
+}

@@ -1,0 +1,16 @@
+//! sidecar-injector: a Kubernetes mutating admission webhook that injects sidecars.
+//!
+//! The pure core (`inject`, `admission`, `manifest`, `config`) does no I/O; the server
+//! (`server`, `tls`, `reload`, `metrics`) and the CLI (`cli`) are thin shells around it.
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod certs;
+pub mod cli;
+pub mod config;
+pub mod inject;
+pub mod manifest;
+pub mod metrics;
+pub mod reload;
+pub mod server;
+pub mod tls;

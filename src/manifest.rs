@@ -1,0 +1,121 @@
+//! `inject`: runs the engine over manifests (multi-document YAML or JSON) and returns them
+//! with the sidecars injected into every pod or pod template the rules select. Pure: text in,
+//! text out.
+
+use k8s_openapi::api::core::v1::Pod;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::inject::{decide, Decision, Policy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("document {index}: {reason}")]
+    Parse { index: usize, reason: String },
+    #[error("cannot write YAML: {0}")]
+    Render(String),
+}
+
+/// The result of `inject` over a stream of documents.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// The documents as YAML, injected where selected.
+    pub output: String,
+    /// `Kind/name: reason` for every pod template left unchanged.
+    pub unchanged: Vec<String>,
+    /// `Kind/name: message` for every pod template that would be denied.
+    pub denials: Vec<String>,
+}
+
+/// Where a kind keeps its pod template, as a JSON pointer.
+fn template_pointer(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Pod" => Some(""),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => Some("/spec/template"),
+        "CronJob" => Some("/spec/jobTemplate/spec/template"),
+        _ => None,
+    }
+}
+
+fn label(doc: &Value, kind: &str) -> String {
+    let meta = doc.get("metadata");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .or_else(|| meta.and_then(|m| m.get("generateName")))
+        .and_then(Value::as_str)
+        .unwrap_or("<unnamed>");
+    format!("{kind}/{name}")
+}
+
+fn process(doc: &mut Value, policy: Policy, config: &Config, report: &mut Report) {
+    let kind = doc
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if kind == "List" {
+        if let Some(items) = doc.get_mut("items").and_then(Value::as_array_mut) {
+            for item in items {
+                process(item, policy, config, report);
+            }
+        }
+        return;
+    }
+    let Some(pointer) = template_pointer(&kind) else {
+        return;
+    };
+    let who = label(doc, &kind);
+    let Some(template) = doc.pointer_mut(pointer) else {
+        report
+            .denials
+            .push(format!("{who}: bad-object: it has no pod template at {pointer}"));
+        return;
+    };
+    let pod: Pod = match Pod::deserialize(&*template) {
+        Ok(pod) => pod,
+        Err(e) => {
+            report
+                .denials
+                .push(format!("{who}: bad-object: cannot decode the pod: {e}"));
+            return;
+        }
+    };
+    match decide(&pod, policy, config) {
+        Decision::Unchanged(reason) => report.unchanged.push(format!("{who}: {}", reason.as_str())),
+        Decision::Deny { message, .. } => report.denials.push(format!("{who}: {message}")),
+        Decision::Inject { injection, .. } => {
+            if let Err(e) = json_patch::patch(template, &injection.patch) {
+                report
+                    .denials
+                    .push(format!("{who}: the patch does not apply: {e}"));
+            }
+        }
+    }
+}
+
+/// Injects into every selected pod template of `text`.
+pub fn inject(text: &str, policy: Policy, config: &Config) -> Result<Report, ManifestError> {
+    let mut report = Report::default();
+    let mut docs = Vec::new();
+    for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let mut doc = Value::deserialize(de).map_err(|e| ManifestError::Parse {
+            index: index + 1,
+            reason: e.to_string(),
+        })?;
+        if doc.is_null() {
+            continue;
+        }
+        process(&mut doc, policy, config, &mut report);
+        docs.push(doc);
+    }
+    let mut out = String::new();
+    for doc in &docs {
+        if !out.is_empty() {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_yaml::to_string(doc).map_err(|e| ManifestError::Render(e.to_string()))?);
+    }
+    report.output = out;
+    Ok(report)
+}

@@ -1,0 +1,178 @@
+//! Prometheus metrics: one registry, encoded as text on `--metrics-addr`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::admission::Outcome;
+use crate::inject::Reason;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    outcome: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+/// What a reload re-read.
+#[derive(Clone, Copy, Debug)]
+pub enum ReloadKind {
+    Certificate,
+    Config,
+}
+
+impl ReloadKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ReloadKind::Certificate => "certificate",
+            ReloadKind::Config => "config",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Histogram,
+    reloads: Family<ReloadLabels, Counter>,
+    cert_expiry: Gauge,
+}
+
+/// The outcome that goes with each reason, so every series exists from the start.
+fn outcome_of(reason: Reason) -> Outcome {
+    match reason {
+        Reason::BadRequest | Reason::TooLarge => Outcome::Error,
+        Reason::NotAPodCreate
+        | Reason::AlreadyInjected
+        | Reason::OptedOut
+        | Reason::NotOptedIn => Outcome::Skipped,
+        Reason::BadObject
+        | Reason::BadAnnotation
+        | Reason::UnknownProfile
+        | Reason::Conflict
+        | Reason::NameClash => Outcome::Denied,
+        Reason::OptedIn | Reason::NamespaceEnabled => Outcome::Injected,
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        // 25 us .. ~0.8 s: the review itself is tens of microseconds.
+        let duration = Histogram::new(exponential_buckets(0.000025, 2.0, 16));
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        let cert_expiry = Gauge::default();
+        registry.register(
+            "sidecar_injector_admission_requests",
+            "Admission requests answered, by outcome and reason",
+            requests.clone(),
+        );
+        registry.register(
+            "sidecar_injector_admission_duration_seconds",
+            "Time from request start to answer, body read included",
+            duration.clone(),
+        );
+        registry.register(
+            "sidecar_injector_reloads",
+            "Certificate and config reloads, by kind and result",
+            reloads.clone(),
+        );
+        registry.register(
+            "sidecar_injector_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving certificate in use, as a Unix time",
+            cert_expiry.clone(),
+        );
+        for reason in Reason::ALL {
+            requests.get_or_create(&RequestLabels {
+                outcome: outcome_of(reason).as_str(),
+                reason: reason.as_str(),
+            })
+            .inc_by(0);
+        }
+        for kind in [ReloadKind::Certificate, ReloadKind::Config] {
+            for result in ["success", "failure"] {
+                reloads.get_or_create(&ReloadLabels {
+                    kind: kind.as_str(),
+                    result,
+                })
+                .inc_by(0);
+            }
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            reloads,
+            cert_expiry,
+        }
+    }
+
+    pub fn observe(&self, outcome: Outcome, reason: Reason, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                outcome: outcome.as_str(),
+                reason: reason.as_str(),
+            })
+            .inc();
+        self.duration.observe(seconds);
+    }
+
+    pub fn reloaded(&self, kind: ReloadKind, ok: bool) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                kind: kind.as_str(),
+                result: if ok { "success" } else { "failure" },
+            })
+            .inc();
+    }
+
+    pub fn set_cert_expiry(&self, unix_seconds: i64) {
+        self.cert_expiry.set(unix_seconds);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_the_spec_series() {
+        let m = Metrics::new();
+        m.observe(Outcome::Injected, Reason::OptedIn, 0.0001);
+        m.reloaded(ReloadKind::Config, false);
+        m.set_cert_expiry(1_900_000_000);
+        let text = m.encode();
+        assert!(text.contains(
+            "sidecar_injector_admission_requests_total{outcome=\"injected\",reason=\"opted-in\"} 1"
+        ), "{text}");
+        assert!(text.contains(
+            "sidecar_injector_admission_requests_total{outcome=\"error\",reason=\"too-large\"} 0"
+        ));
+        assert!(text.contains("sidecar_injector_admission_duration_seconds_count 1"));
+        assert!(text.contains("sidecar_injector_reloads_total{kind=\"config\",result=\"failure\"} 1"));
+        assert!(text.contains("sidecar_injector_certificate_expiry_timestamp_seconds 1900000000"));
+    }
+}

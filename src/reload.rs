@@ -1,0 +1,197 @@
+//! Hot reload of the serving certificate and the config.
+//!
+//! The files are re-read on a short interval and compared by content. Kubernetes updates a
+//! Secret or ConfigMap volume by swapping the `..data` symlink of the directory, which file
+//! watches on the old targets never see; reading the paths anew always follows the current
+//! link, and works the same for bind mounts and editors that rename files into place.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::metrics::ReloadKind;
+use crate::server::AppState;
+use crate::tls::{load_pair, CertStore};
+
+/// A set of files read together, remembered by content.
+struct Watch {
+    paths: Vec<PathBuf>,
+    seen: Option<Vec<Vec<u8>>>,
+    last_error: Option<String>,
+}
+
+impl Watch {
+    fn new(paths: Vec<PathBuf>, seen: Option<Vec<Vec<u8>>>) -> Watch {
+        Watch {
+            paths,
+            seen,
+            last_error: None,
+        }
+    }
+
+    /// The contents when they changed since the last call; a read error once per error.
+    fn poll(&mut self) -> Option<Result<Vec<Vec<u8>>, String>> {
+        let read: Result<Vec<Vec<u8>>, String> = self
+            .paths
+            .iter()
+            .map(|p| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display())))
+            .collect();
+        match read {
+            Err(e) if self.last_error.as_ref() == Some(&e) => None,
+            Err(e) => {
+                self.last_error = Some(e.clone());
+                Some(Err(e))
+            }
+            Ok(contents) => {
+                self.last_error = None;
+                if self.seen.as_ref() == Some(&contents) {
+                    None
+                } else {
+                    self.seen = Some(contents.clone());
+                    Some(Ok(contents))
+                }
+            }
+        }
+    }
+}
+
+/// What to reload: the certificate pair and the config file, with what was loaded at start.
+#[derive(Clone)]
+pub struct Sources {
+    pub cert: Option<(PathBuf, PathBuf, Vec<Vec<u8>>)>,
+    pub config: Option<(PathBuf, Vec<u8>)>,
+}
+
+fn apply_cert(contents: Result<Vec<Vec<u8>>, String>, state: &AppState, store: &CertStore) {
+    let loaded = contents.and_then(|c| match c.as_slice() {
+        [cert, key] => load_pair(cert, key).map_err(|e| e.to_string()),
+        _ => Err("expected a certificate and a key".into()),
+    });
+    match loaded {
+        Ok(l) => {
+            store.set(l.key);
+            state.metrics.set_cert_expiry(l.not_after);
+            state.metrics.reloaded(ReloadKind::Certificate, true);
+            tracing::info!(not_after = l.not_after, "certificate reloaded");
+        }
+        Err(error) => {
+            state.metrics.reloaded(ReloadKind::Certificate, false);
+            tracing::warn!(%error, "certificate reload failed; the current certificate stays in force");
+        }
+    }
+}
+
+fn apply_config(contents: Result<Vec<Vec<u8>>, String>, origin: &str, state: &AppState) {
+    let loaded = contents.and_then(|c| {
+        let text = c.concat();
+        let text = String::from_utf8(text).map_err(|_| format!("{origin}: not UTF-8"))?;
+        Config::from_yaml(&text, origin).map_err(|e| e.to_string())
+    });
+    match loaded {
+        Ok(config) => {
+            state.set_config(config);
+            state.metrics.reloaded(ReloadKind::Config, true);
+            tracing::info!(path = origin, "config reloaded");
+        }
+        Err(error) => {
+            state.metrics.reloaded(ReloadKind::Config, false);
+            tracing::warn!(%error, "config reload failed; the current config stays in force");
+        }
+    }
+}
+
+async fn poll_loop(
+    sources: Sources,
+    state: Arc<AppState>,
+    store: Arc<CertStore>,
+    interval: Duration,
+    remember: bool,
+) {
+    let mut cert = sources.cert.map(|(c, k, seen)| {
+        Watch::new(vec![c, k], remember.then_some(seen))
+    });
+    let mut config = sources.config.map(|(p, seen)| {
+        let origin = p.display().to_string();
+        (Watch::new(vec![p], remember.then(|| vec![seen])), origin)
+    });
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Some(change) = cert.as_mut().and_then(Watch::poll) {
+            apply_cert(change, &state, &store);
+        }
+        if let Some((watch, origin)) = config.as_mut() {
+            if let Some(change) = watch.poll() {
+                apply_config(change, origin, &state);
+            }
+        }
+    }
+}
+
+/// Starts the reload loop under a supervisor that restarts it if it ever panics, so the
+/// reload can never die silently.
+pub fn spawn(sources: Sources, state: Arc<AppState>, store: Arc<CertStore>, interval: Duration) {
+    if sources.cert.is_none() && sources.config.is_none() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut remember = true;
+        loop {
+            let task = tokio::spawn(poll_loop(
+                sources.clone(),
+                state.clone(),
+                store.clone(),
+                interval,
+                remember,
+            ));
+            if let Err(error) = task.await {
+                tracing::error!(%error, "the reload task stopped; restarting it");
+            }
+            // After a restart, reload whatever is on disk rather than trust the old contents.
+            remember = false;
+            tokio::time::sleep(interval).await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_reports_changes_once_and_errors_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, "a").unwrap();
+        let mut w = Watch::new(vec![p.clone()], Some(vec![b"a".to_vec()]));
+        assert!(w.poll().is_none());
+        std::fs::write(&p, "b").unwrap();
+        assert_eq!(w.poll(), Some(Ok(vec![b"b".to_vec()])));
+        assert!(w.poll().is_none());
+        std::fs::remove_file(&p).unwrap();
+        assert!(matches!(w.poll(), Some(Err(_))));
+        assert!(w.poll().is_none());
+        std::fs::write(&p, "b").unwrap();
+        assert!(w.poll().is_none(), "same content as before the error: no reload");
+    }
+
+    #[test]
+    fn watch_follows_a_swapped_data_symlink() {
+        // The layout kubelet writes for a Secret volume: tls.crt -> ..data/tls.crt,
+        // ..data -> ..2026_01_01, and an update swaps ..data atomically.
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("..v1")).unwrap();
+        std::fs::write(d.join("..v1/tls.crt"), "one").unwrap();
+        std::os::unix::fs::symlink("..v1", d.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/tls.crt", d.join("tls.crt")).unwrap();
+        let mut w = Watch::new(vec![d.join("tls.crt")], None);
+        assert_eq!(w.poll(), Some(Ok(vec![b"one".to_vec()])));
+        std::fs::create_dir(d.join("..v2")).unwrap();
+        std::fs::write(d.join("..v2/tls.crt"), "two").unwrap();
+        std::os::unix::fs::symlink("..v2", d.join("..data_tmp")).unwrap();
+        std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+        std::fs::remove_dir_all(d.join("..v1")).unwrap();
+        assert_eq!(w.poll(), Some(Ok(vec![b"two".to_vec()])));
+    }
+}

@@ -1,0 +1,483 @@
+//! `serve`: the HTTPS webhook (axum on hyper, rustls), the plain-HTTP metrics listener,
+//! hot reloads and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use clap::{Args, ValueEnum};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::admission::{review, Answer, Outcome, RequestError, MAX_BODY_BYTES};
+use crate::config::Config;
+use crate::inject::Policy;
+use crate::metrics::Metrics;
+use crate::reload::{self, Sources};
+use crate::tls::{self, CertStore};
+
+/// A client that has not finished its TLS handshake or sent its request headers by then is
+/// dropped, so slow or silent clients cannot pile up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn seconds(s: &str) -> Result<Duration, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if v.is_finite() && v > 0.0 && v < 86_400.0 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(format!("{s:?} must be between 0 and 86400 seconds"))
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// Serving certificate chain (PEM, leaf first); re-read when it changes.
+    #[arg(long, env = "SIDECAR_INJECTOR_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of the serving certificate (PEM); re-read when it changes.
+    #[arg(long, env = "SIDECAR_INJECTOR_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM), e.g. the apiserver's.
+    #[arg(long, env = "SIDECAR_INJECTOR_CLIENT_CA", value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TimingArgs {
+    /// How often the certificate and config files are checked for changes.
+    #[arg(long, env = "SIDECAR_INJECTOR_RELOAD_INTERVAL", value_name = "SECONDS", default_value = "1", value_parser = seconds)]
+    pub reload_interval: Duration,
+    /// Longest time one request may take, body included (answered 408 after it).
+    #[arg(long, env = "SIDECAR_INJECTOR_REQUEST_TIMEOUT", value_name = "SECONDS", default_value = "10", value_parser = seconds)]
+    pub request_timeout: Duration,
+    /// After SIGTERM, how long in-flight requests may take before connections are closed.
+    #[arg(long, env = "SIDECAR_INJECTOR_SHUTDOWN_GRACE", value_name = "SECONDS", default_value = "20", value_parser = seconds)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address of the HTTPS webhook.
+    #[arg(long, env = "SIDECAR_INJECTOR_ADDR", default_value = "0.0.0.0:8443")]
+    pub addr: SocketAddr,
+    /// Address of the plain-HTTP /metrics, /healthz and /readyz listener.
+    #[arg(long, env = "SIDECAR_INJECTOR_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    /// In-memory self-signed certificate for localhost/127.0.0.1: no files needed.
+    #[arg(long, env = "SIDECAR_INJECTOR_DEV")]
+    pub dev: bool,
+    #[arg(long, env = "SIDECAR_INJECTOR_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub timing: TimingArgs,
+}
+
+/// What the handlers share.
+pub struct AppState {
+    config: RwLock<Arc<Config>>,
+    pub metrics: Metrics,
+    ready: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(config: Config, metrics: Metrics) -> AppState {
+        AppState {
+            config: RwLock::new(Arc::new(config)),
+            metrics,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+}
+
+/// The one place where a bad request becomes an HTTP answer.
+impl IntoResponse for RequestError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{self}\n"),
+        )
+            .into_response()
+    }
+}
+
+/// `policy` from the query string: absent means disabled; anything but exactly `enabled` or
+/// `disabled` (an empty or repeated value included) is a bad request.
+pub fn policy_from_query(query: Option<&str>) -> Result<Policy, RequestError> {
+    let mut policy = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "policy" {
+            continue;
+        }
+        let parsed = match value {
+            "enabled" => Policy::Enabled,
+            "disabled" => Policy::Disabled,
+            _ => {
+                return Err(RequestError::BadRequest(format!(
+                    "invalid policy {value:?}: it takes \"enabled\" or \"disabled\""
+                )))
+            }
+        };
+        if policy.replace(parsed).is_some() {
+            return Err(RequestError::BadRequest("policy is given more than once".into()));
+        }
+    }
+    Ok(policy.unwrap_or_default())
+}
+
+async fn read_and_review(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Answer, RequestError> {
+    let policy = policy_from_query(query)?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(RequestError::TooLarge);
+    }
+    let bytes = Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                RequestError::TooLarge
+            } else {
+                RequestError::BadRequest(format!("cannot read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    review(&bytes, policy, &state.config())
+}
+
+async fn mutate(
+    State(state): State<Arc<AppState>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let start = Instant::now();
+    let result = read_and_review(&state, query.as_deref(), &headers, body).await;
+    let elapsed = start.elapsed();
+    let duration_us = elapsed.as_micros() as u64;
+    match result {
+        Ok(a) => {
+            state
+                .metrics
+                .observe(a.outcome, a.reason, elapsed.as_secs_f64());
+            tracing::info!(
+                uid = %a.uid,
+                namespace = %a.namespace,
+                pod = %a.pod,
+                outcome = a.outcome.as_str(),
+                reason = a.reason.as_str(),
+                profiles = %a.profiles.join(","),
+                duration_us,
+                "admission review"
+            );
+            ([(header::CONTENT_TYPE, "application/json")], a.body).into_response()
+        }
+        Err(e) => {
+            state
+                .metrics
+                .observe(Outcome::Error, e.reason(), elapsed.as_secs_f64());
+            tracing::warn!(
+                outcome = Outcome::Error.as_str(),
+                reason = e.reason().as_str(),
+                error = %e,
+                duration_us,
+                "admission review rejected"
+            );
+            e.into_response()
+        }
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.ready.load(Ordering::SeqCst) {
+        "ok\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// The webhook's routes.
+pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .with_state(state)
+}
+
+/// The metrics listener's routes (probes too, as they need no client certificate).
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            tracing::error!("cannot listen for SIGTERM/SIGINT; stop the process with SIGKILL");
+            std::future::pending::<()>().await
+        }
+    }
+}
+
+fn read(path: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+}
+
+/// Runs the server until SIGTERM or SIGINT, then drains.
+pub fn serve(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(run(args.clone(), config_path))
+}
+
+async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config_bytes = config_path
+        .as_ref()
+        .map(|p| read(p, "config"))
+        .transpose()?;
+    let config = match (&config_path, &config_bytes) {
+        (Some(p), Some(bytes)) => {
+            let text = String::from_utf8(bytes.clone())
+                .with_context(|| format!("{}: not UTF-8", p.display()))?;
+            Config::from_yaml(&text, &p.display().to_string())?
+        }
+        _ => Config::embedded()?,
+    };
+
+    let (cert_pem, key_pem, cert_source) = if args.dev {
+        let (c, k) = crate::certs::dev_pair()?;
+        tracing::info!("dev mode: in-memory self-signed certificate for localhost and 127.0.0.1");
+        (c.into_bytes(), k.into_bytes(), None)
+    } else {
+        let (Some(cert), Some(key)) = (&args.tls.tls_cert, &args.tls.tls_key) else {
+            anyhow::bail!("serve needs --tls-cert and --tls-key (or --dev)");
+        };
+        let (c, k) = (read(cert, "certificate")?, read(key, "key")?);
+        (
+            c.clone(),
+            k.clone(),
+            Some((cert.clone(), key.clone(), vec![c, k])),
+        )
+    };
+    let loaded = tls::load_pair(&cert_pem, &key_pem).context("serving certificate")?;
+    let metrics = Metrics::new();
+    metrics.set_cert_expiry(loaded.not_after);
+    let state = Arc::new(AppState::new(config, metrics));
+    let store = Arc::new(CertStore::new(loaded.key));
+    let client_ca = args
+        .tls
+        .client_ca
+        .as_ref()
+        .map(|p| read(p, "client CA"))
+        .transpose()?;
+    let tls_config = tls::server_config(store.clone(), client_ca.as_deref())?;
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config));
+
+    let listener = TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    let metrics_listener = TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, mtls = client_ca.is_some(), "webhook listening");
+    tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+
+    reload::spawn(
+        Sources {
+            cert: cert_source,
+            config: config_path.zip(config_bytes),
+        },
+        state.clone(),
+        store,
+        args.timing.reload_interval,
+    );
+
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_app = metrics_router(state.clone());
+    let metrics_task = tokio::spawn(async move {
+        let stopped = async {
+            let _ = metrics_stopped.await;
+        };
+        if let Err(error) = axum::serve(metrics_listener, metrics_app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            tracing::error!(%error, "metrics listener failed");
+        }
+    });
+
+    let app = router(state.clone(), args.timing.request_timeout);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let graceful = GracefulShutdown::new();
+    state.set_ready(true);
+    tracing::info!("ready");
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        // Without TCP_NODELAY, HTTP/2 answers stall ~40 ms on Nagle vs. delayed ACK.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
+        }
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let service = TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, %peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = builder
+                .serve_connection(TokioIo::new(tls), service)
+                .into_owned();
+            if let Err(error) = watcher.watch(conn).await {
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+        });
+    }
+
+    tracing::info!("shutting down: no new connections, draining in-flight requests");
+    state.set_ready(false);
+    drop(listener);
+    let drain_start = Instant::now();
+    tokio::select! {
+        _ = graceful.shutdown() => {
+            tracing::info!(drain_ms = drain_start.elapsed().as_millis() as u64, "drained");
+        }
+        _ = tokio::time::sleep(args.timing.shutdown_grace) => {
+            tracing::warn!("grace period over; closing the remaining connections");
+        }
+    }
+    let _ = stop_metrics.send(());
+    let _ = metrics_task.await;
+    Ok(())
+}

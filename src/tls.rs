@@ -1,0 +1,148 @@
+//! TLS: parsing PEM pairs into rustls keys, the swappable certificate behind every new
+//! handshake, and the rustls server config (TLS 1.2 and 1.3, ALPN h2 and http/1.1).
+
+use std::sync::{Arc, RwLock};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("no certificate found in the PEM data")]
+    NoCertificate,
+    #[error("cannot parse the certificate PEM: {0}")]
+    CertPem(String),
+    #[error("cannot parse the private key PEM: {0}")]
+    KeyPem(String),
+    #[error("unusable certificate/key pair: {0}")]
+    Pair(rustls::Error),
+    #[error("cannot read the certificate's validity: {0}")]
+    Validity(String),
+    #[error("client CA: {0}")]
+    ClientCa(String),
+    #[error("TLS configuration: {0}")]
+    Config(rustls::Error),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A serving certificate chain and key, checked to belong together.
+pub struct Loaded {
+    pub key: Arc<CertifiedKey>,
+    /// The leaf's notAfter, as a Unix time.
+    pub not_after: i64,
+}
+
+/// Parses a PEM chain (leaf first, then intermediates) and its private key.
+pub fn load_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<Loaded, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::CertPem(e.to_string()))?;
+    let leaf = certs.first().ok_or(TlsError::NoCertificate)?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| TlsError::Validity(e.to_string()))?;
+    let not_after = parsed.validity().not_after.timestamp();
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::KeyPem(e.to_string()))?;
+    let key = CertifiedKey::from_der(certs, key, &provider()).map_err(TlsError::Pair)?;
+    Ok(Loaded {
+        key: Arc::new(key),
+        not_after,
+    })
+}
+
+/// The certificate in force; a reload swaps it, and each new handshake reads it.
+#[derive(Debug)]
+pub struct CertStore {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl CertStore {
+    pub fn new(key: Arc<CertifiedKey>) -> CertStore {
+        CertStore {
+            current: RwLock::new(key),
+        }
+    }
+
+    pub fn set(&self, key: Arc<CertifiedKey>) {
+        // A poisoned lock still holds a valid Arc: replace it rather than give up.
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+/// The server config: certificates from `store`; client certificates required and verified
+/// against `client_ca_pem` when given.
+pub fn server_config(
+    store: Arc<CertStore>,
+    client_ca_pem: Option<&[u8]>,
+) -> Result<ServerConfig, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Config)?;
+    let builder = match client_ca_pem {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| TlsError::ClientCa(e.to_string()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(store);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_a_generated_pair_and_rejects_a_mismatched_one() {
+        let a = crate::certs::generate(&["localhost".into()]).unwrap();
+        let b = crate::certs::generate(&["localhost".into()]).unwrap();
+        let loaded = load_pair(a.cert_pem.as_bytes(), a.key_pem.as_bytes()).unwrap();
+        assert!(loaded.not_after > 1_700_000_000);
+        let err = load_pair(a.cert_pem.as_bytes(), b.key_pem.as_bytes())
+            .err()
+            .unwrap();
+        assert!(matches!(err, TlsError::Pair(_)), "{err}");
+        assert!(matches!(
+            load_pair(b"", a.key_pem.as_bytes()).err().unwrap(),
+            TlsError::NoCertificate
+        ));
+    }
+
+    #[test]
+    fn chain_with_intermediate_is_accepted() {
+        let a = crate::certs::generate(&["localhost".into()]).unwrap();
+        let chain = format!("{}{}", a.cert_pem, a.ca_pem);
+        let loaded = load_pair(chain.as_bytes(), a.key_pem.as_bytes()).unwrap();
+        assert_eq!(loaded.key.cert.len(), 2);
+    }
+}
