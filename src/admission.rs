@@ -312,3 +312,155 @@ fn render(uid: &str, decision: &Decision) -> Vec<u8> {
     body.push(b'\n');
     body
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn cfg() -> Config {
+        Config::embedded().unwrap()
+    }
+
+    fn review_json(body: &Value, policy: Policy) -> (Answer, Value) {
+        let a = review(&serde_json::to_vec(body).unwrap(), policy, &cfg()).unwrap();
+        let v: Value = serde_json::from_slice(&a.body).unwrap();
+        (a, v)
+    }
+
+    fn request(request: Value) -> Value {
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})
+    }
+
+    fn pod_create(object: Value) -> Value {
+        request(json!({
+            "uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE", "namespace": "ns", "object": object,
+        }))
+    }
+
+    fn opted_in_pod() -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"generateName": "web-", "annotations": {"sidecar-injector.io/inject": "true"}},
+               "spec": {"containers": [{"name": "app", "image": "nginx"}]}})
+    }
+
+    #[test]
+    fn injects_with_base64_patch_and_type() {
+        let (a, v) = review_json(&pod_create(opted_in_pod()), Policy::Disabled);
+        assert_eq!(a.outcome, Outcome::Injected);
+        assert_eq!(a.pod, "web-");
+        let r = &v["response"];
+        assert_eq!(r["uid"], "u-1");
+        assert_eq!(r["allowed"], true);
+        assert_eq!(r["patchType"], "JSONPatch");
+        assert_eq!(r["auditAnnotations"]["reason"], "opted-in");
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(r["patch"].as_str().unwrap())
+            .unwrap();
+        let patch: Value = serde_json::from_slice(&patch).unwrap();
+        assert!(patch.as_array().unwrap().len() >= 3);
+        assert!(a.body.ends_with(b"}\n"));
+    }
+
+    #[test]
+    fn unchanged_answer_has_no_patch_fields() {
+        let mut pod = opted_in_pod();
+        pod["metadata"]["annotations"] = json!({});
+        let (a, v) = review_json(&pod_create(pod), Policy::Disabled);
+        assert_eq!(a.reason, Reason::NotOptedIn);
+        let r = v["response"].as_object().unwrap();
+        assert!(!r.contains_key("patch") && !r.contains_key("patchType") && !r.contains_key("status"));
+        assert_eq!(r["allowed"], true);
+    }
+
+    #[test]
+    fn only_pod_create_without_subresource_is_mutated() {
+        let base = pod_create(opted_in_pod());
+        let cases = [
+            ("/request/operation", json!("UPDATE")),
+            ("/request/operation", json!("DELETE")),
+            ("/request/subResource", json!("status")),
+            ("/request/kind", json!({"group": "apps", "version": "v1", "kind": "Pod"})),
+            ("/request/kind", json!({"group": "", "version": "v1", "kind": "Service"})),
+        ];
+        for (ptr, value) in cases {
+            let mut body = base.clone();
+            let key = ptr.trim_start_matches("/request/");
+            body["request"][key] = value.clone();
+            let (a, v) = review_json(&body, Policy::Enabled);
+            assert_eq!(a.reason, Reason::NotAPodCreate, "{ptr} {value}");
+            assert!(v["response"].get("patch").is_none());
+        }
+        // CONNECT carries PodExecOptions, not a Pod: still answered, unchanged.
+        let body = request(json!({
+            "uid": "c", "kind": {"group": "", "version": "v1", "kind": "PodExecOptions"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"}, "subResource": "exec",
+            "operation": "CONNECT",
+            "object": {"kind": "PodExecOptions", "apiVersion": "v1", "stdin": true, "command": ["sh"]},
+        }));
+        let (a, v) = review_json(&body, Policy::Enabled);
+        assert_eq!(a.reason, Reason::NotAPodCreate);
+        assert_eq!(v["response"]["uid"], "c");
+    }
+
+    #[test]
+    fn dry_run_gets_the_same_answer() {
+        let mut body = pod_create(opted_in_pod());
+        let (plain, _) = review_json(&body, Policy::Disabled);
+        body["request"]["dryRun"] = json!(true);
+        let (dry, _) = review_json(&body, Policy::Disabled);
+        assert_eq!(plain.body, dry.body);
+    }
+
+    #[test]
+    fn bad_objects_are_denied_400() {
+        for object in [
+            Value::Null,
+            json!({"kind": "Service", "apiVersion": "v1"}),
+            json!({"spec": {"containers": "nope"}}),
+            json!("a string"),
+        ] {
+            let (a, v) = review_json(&pod_create(object.clone()), Policy::Enabled);
+            assert_eq!(a.reason, Reason::BadObject, "{object}");
+            assert_eq!(v["response"]["allowed"], false);
+            assert_eq!(v["response"]["status"]["code"], 400);
+            assert!(v["response"]["status"]["message"].as_str().unwrap().len() > 5);
+        }
+        let mut body = pod_create(Value::Null);
+        body["request"].as_object_mut().unwrap().remove("object");
+        let (a, _) = review_json(&body, Policy::Enabled);
+        assert_eq!(a.reason, Reason::BadObject);
+    }
+
+    #[test]
+    fn http_level_errors() {
+        let c = cfg();
+        let bad = |body: &[u8]| match review(body, Policy::Disabled, &c) {
+            Err(RequestError::BadRequest(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(bad(b"not json").contains("not an AdmissionReview"));
+        assert!(bad(b"[]").contains("not an AdmissionReview"));
+        assert!(bad(br#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#).contains("not an AdmissionReview"));
+        let m = bad(br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"x"}}"#);
+        assert!(m.contains("admission.k8s.io/v1beta1") && m.contains("only admission.k8s.io/v1"), "{m}");
+        assert!(bad(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#).contains("no request"));
+        assert!(bad(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}"#).contains("no uid"));
+        assert!(!bad(b"\xff\xfe").contains('\n'));
+        let big = vec![b' '; MAX_BODY_BYTES + 1];
+        assert_eq!(review(&big, Policy::Disabled, &c).unwrap_err(), RequestError::TooLarge);
+    }
+
+    #[test]
+    fn denial_carries_code_reason_and_message() {
+        let mut pod = opted_in_pod();
+        pod["spec"]["containers"][0]["name"] = json!("sidecar");
+        let (a, v) = review_json(&pod_create(pod), Policy::Disabled);
+        assert_eq!((a.outcome, a.reason), (Outcome::Denied, Reason::NameClash));
+        let s = &v["response"]["status"];
+        assert_eq!((s["code"].clone(), s["reason"].clone()), (json!(409), json!("Conflict")));
+        assert_eq!(v["response"]["auditAnnotations"]["reason"], "name-clash");
+    }
+}

@@ -522,3 +522,300 @@ fn plan(
         profiles: profiles.iter().map(|s| s.to_string()).collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::embedded().unwrap()
+    }
+
+    fn pod_with(annotations: Value, labels: Value, spec: Value) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "ns", "annotations": annotations, "labels": labels},
+            "spec": spec,
+        })
+    }
+
+    fn app_spec() -> Value {
+        json!({"containers": [{"name": "app", "image": "nginx"}]})
+    }
+
+    fn opted_in(extra: Value) -> Value {
+        let mut a = json!({INJECT_KEY: "true"});
+        if let (Some(a), Some(e)) = (a.as_object_mut(), extra.as_object()) {
+            a.extend(e.clone());
+        }
+        pod_with(a, json!({}), app_spec())
+    }
+
+    fn decide_json(pod: &Value, policy: Policy) -> Decision {
+        let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
+        decide(&typed, policy, &config())
+    }
+
+    /// Applies the decision's patch; returns the patched pod.
+    fn injected(pod: &Value, policy: Policy) -> Value {
+        match decide_json(pod, policy) {
+            Decision::Inject { injection, .. } => {
+                let mut out = pod.clone();
+                json_patch::patch(&mut out, &injection.patch).unwrap();
+                out
+            }
+            other => panic!("expected an injection, got {other:?}"),
+        }
+    }
+
+    fn denial(pod: &Value, policy: Policy) -> (Reason, u16, String) {
+        match decide_json(pod, policy) {
+            Decision::Deny {
+                reason,
+                code,
+                message,
+            } => (reason, code, message),
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn opt_in_by_annotation_injects_default_profile() {
+        let out = injected(&opted_in(json!({})), Policy::Disabled);
+        let c = &out["spec"]["containers"];
+        assert_eq!(c[1]["name"], "sidecar");
+        assert_eq!(c[1]["image"], "busybox:1.36");
+        assert_eq!(c[0]["volumeMounts"], json!([{"mountPath": "/pod-data", "name": "shared-data"}]));
+        assert_eq!(out["spec"]["volumes"], json!([{"emptyDir": {}, "name": "shared-data"}]));
+        let status: Value =
+            serde_json::from_str(out["metadata"]["annotations"][STATUS_KEY].as_str().unwrap())
+                .unwrap();
+        assert_eq!(status["containers"], json!(["sidecar"]));
+        assert_eq!(decide_json(&opted_in(json!({})), Policy::Disabled).reason(), Reason::OptedIn);
+    }
+
+    #[test]
+    fn opt_in_values_are_case_insensitive_and_label_works() {
+        for v in ["TRUE", "True", "true"] {
+            let pod = pod_with(json!({INJECT_KEY: v}), json!({}), app_spec());
+            assert_eq!(decide_json(&pod, Policy::Disabled).reason(), Reason::OptedIn);
+        }
+        let pod = pod_with(json!({}), json!({INJECT_KEY: "true"}), app_spec());
+        assert_eq!(decide_json(&pod, Policy::Disabled).reason(), Reason::OptedIn);
+        let pod = pod_with(json!({}), json!({INJECT_KEY: "FALSE"}), app_spec());
+        assert_eq!(decide_json(&pod, Policy::Enabled), Decision::Unchanged(Reason::OptedOut));
+    }
+
+    #[test]
+    fn annotation_wins_over_label_and_only_its_value_is_checked() {
+        let pod = pod_with(json!({INJECT_KEY: "false"}), json!({INJECT_KEY: "bogus"}), app_spec());
+        assert_eq!(decide_json(&pod, Policy::Enabled), Decision::Unchanged(Reason::OptedOut));
+        let pod = pod_with(json!({INJECT_KEY: "true"}), json!({INJECT_KEY: "false"}), app_spec());
+        assert_eq!(decide_json(&pod, Policy::Disabled).reason(), Reason::OptedIn);
+    }
+
+    #[test]
+    fn policy_decides_pods_without_opt_in_key() {
+        let pod = pod_with(json!({}), json!({}), app_spec());
+        assert_eq!(decide_json(&pod, Policy::Disabled), Decision::Unchanged(Reason::NotOptedIn));
+        assert_eq!(decide_json(&pod, Policy::Enabled).reason(), Reason::NamespaceEnabled);
+        let pod = pod_with(json!({INJECT_KEY: "false"}), json!({}), app_spec());
+        assert_eq!(decide_json(&pod, Policy::Enabled), Decision::Unchanged(Reason::OptedOut));
+    }
+
+    #[test]
+    fn bad_opt_in_value_is_denied_even_when_not_injecting() {
+        for v in ["", "yes", "1", " true"] {
+            let pod = pod_with(json!({INJECT_KEY: v}), json!({}), app_spec());
+            let (reason, code, msg) = denial(&pod, Policy::Disabled);
+            assert_eq!((reason, code), (Reason::BadAnnotation, 400));
+            assert!(msg.contains(INJECT_KEY) && msg.contains("\"true\" or \"false\""), "{msg}");
+        }
+        let pod = pod_with(json!({}), json!({INJECT_KEY: "nope"}), app_spec());
+        let (_, _, msg) = denial(&pod, Policy::Disabled);
+        assert!(msg.starts_with("label "), "{msg}");
+    }
+
+    #[test]
+    fn other_keys_are_checked_only_on_pods_that_will_be_injected() {
+        let pod = pod_with(json!({PROFILES_KEY: "", SHARE_PROCESS_KEY: "maybe"}), json!({}), app_spec());
+        assert_eq!(decide_json(&pod, Policy::Disabled), Decision::Unchanged(Reason::NotOptedIn));
+        for (key, value) in [
+            (PROFILES_KEY, ""),
+            (PROFILES_KEY, "default,,logging"),
+            (SHARE_PROCESS_KEY, "yes"),
+            (NATIVE_SIDECAR_KEY, ""),
+            (APP_MOUNT_PATH_KEY, "relative/path"),
+            (APP_MOUNT_PATH_KEY, "/a/../etc"),
+            (APP_MOUNT_PATH_KEY, ""),
+        ] {
+            let (reason, code, msg) = denial(&opted_in(json!({key: value})), Policy::Disabled);
+            assert_eq!((reason, code), (Reason::BadAnnotation, 400), "{key}={value:?}");
+            assert!(msg.contains(key), "{msg}");
+        }
+    }
+
+    #[test]
+    fn already_injected_pod_is_left_alone_before_anything_else() {
+        let pod = pod_with(json!({STATUS_KEY: "{}", INJECT_KEY: "bogus"}), json!({}), app_spec());
+        assert_eq!(decide_json(&pod, Policy::Enabled), Decision::Unchanged(Reason::AlreadyInjected));
+    }
+
+    #[test]
+    fn injection_is_idempotent() {
+        let out = injected(&opted_in(json!({})), Policy::Disabled);
+        assert_eq!(decide_json(&out, Policy::Enabled), Decision::Unchanged(Reason::AlreadyInjected));
+    }
+
+    #[test]
+    fn profiles_combine_share_volume_and_keep_order() {
+        let out = injected(&opted_in(json!({PROFILES_KEY: " logging , default,logging"})), Policy::Disabled);
+        let names: Vec<&str> = out["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["app", "log-tailer", "sidecar"]);
+        assert_eq!(out["spec"]["volumes"].as_array().unwrap().len(), 1);
+        assert_eq!(out["spec"]["containers"][0]["volumeMounts"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn unknown_profile_lists_known_ones() {
+        let (reason, code, msg) = denial(&opted_in(json!({PROFILES_KEY: "default,Logging"})), Policy::Disabled);
+        assert_eq!((reason, code), (Reason::UnknownProfile, 400));
+        assert!(msg.contains("\"Logging\"") && msg.contains("default, logging"), "{msg}");
+    }
+
+    #[test]
+    fn share_process_namespace_grants_ptrace_and_warns() {
+        let pod = opted_in(json!({SHARE_PROCESS_KEY: "True"}));
+        let out = injected(&pod, Policy::Disabled);
+        assert_eq!(out["spec"]["shareProcessNamespace"], true);
+        let sidecar = &out["spec"]["containers"][1];
+        assert_eq!(sidecar["securityContext"]["capabilities"]["add"], json!(["SYS_PTRACE"]));
+        assert_eq!(sidecar["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(sidecar["securityContext"]["privileged"], false);
+        assert_eq!((sidecar["stdin"].clone(), sidecar["tty"].clone()), (json!(true), json!(true)));
+        match decide_json(&pod, Policy::Disabled) {
+            Decision::Inject { injection, .. } => {
+                assert_eq!(injection.warnings.len(), 1);
+                assert!(injection.warnings[0].contains("baseline"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let plain = injected(&opted_in(json!({SHARE_PROCESS_KEY: "false"})), Policy::Disabled);
+        assert!(plain["spec"].get("shareProcessNamespace").is_none());
+        assert!(plain["spec"]["containers"][1].get("stdin").is_none());
+    }
+
+    #[test]
+    fn share_process_against_explicit_false_is_a_conflict() {
+        let mut pod = opted_in(json!({SHARE_PROCESS_KEY: "true"}));
+        pod["spec"]["shareProcessNamespace"] = json!(false);
+        let (reason, code, msg) = denial(&pod, Policy::Disabled);
+        assert_eq!((reason, code), (Reason::Conflict, 409));
+        assert!(msg.contains(SHARE_PROCESS_KEY) && msg.contains("shareProcessNamespace: false"));
+        // Already true: nothing to add for the pod-level field.
+        pod["spec"]["shareProcessNamespace"] = json!(true);
+        let d = decide_json(&pod, Policy::Disabled);
+        let Decision::Inject { injection, .. } = d else { panic!() };
+        assert!(!serde_json::to_string(&injection.patch).unwrap().contains("/spec/shareProcessNamespace"));
+    }
+
+    #[test]
+    fn native_sidecars_go_to_init_containers_with_restart_always() {
+        let mut pod = opted_in(json!({NATIVE_SIDECAR_KEY: "true"}));
+        pod["spec"]["initContainers"] = json!([{"name": "setup", "image": "busybox"}]);
+        let out = injected(&pod, Policy::Disabled);
+        assert_eq!(out["spec"]["initContainers"][0]["name"], "setup");
+        assert_eq!(out["spec"]["initContainers"][1]["name"], "sidecar");
+        assert_eq!(out["spec"]["initContainers"][1]["restartPolicy"], "Always");
+        assert_eq!(out["spec"]["containers"].as_array().unwrap().len(), 1);
+        // init containers do not get the app mount
+        assert!(out["spec"]["initContainers"][0].get("volumeMounts").is_none());
+    }
+
+    #[test]
+    fn app_mount_path_moves_only_the_app_mount() {
+        let out = injected(&opted_in(json!({APP_MOUNT_PATH_KEY: "/app"})), Policy::Disabled);
+        assert_eq!(out["spec"]["containers"][0]["volumeMounts"][0]["mountPath"], "/app");
+        assert_eq!(out["spec"]["containers"][1]["volumeMounts"][0]["mountPath"], "/pod-data");
+    }
+
+    #[test]
+    fn name_clashes_are_409_with_the_opt_out_hint() {
+        let mut pod = opted_in(json!({}));
+        pod["spec"]["containers"] = json!([{"name": "sidecar", "image": "x"}]);
+        let (reason, code, msg) = denial(&pod, Policy::Disabled);
+        assert_eq!((reason, code), (Reason::NameClash, 409));
+        assert!(msg.contains("\"sidecar\"") && msg.contains(INJECT_KEY), "{msg}");
+
+        let mut pod = opted_in(json!({}));
+        pod["spec"]["initContainers"] = json!([{"name": "sidecar", "image": "x"}]);
+        assert_eq!(denial(&pod, Policy::Disabled).0, Reason::NameClash);
+
+        let mut pod = opted_in(json!({}));
+        pod["spec"]["volumes"] = json!([{"name": "shared-data", "emptyDir": {}}]);
+        let (reason, _, msg) = denial(&pod, Policy::Disabled);
+        assert_eq!(reason, Reason::NameClash);
+        assert!(msg.contains("volume named \"shared-data\""), "{msg}");
+
+        let mut pod = opted_in(json!({APP_MOUNT_PATH_KEY: "/app"}));
+        pod["spec"]["volumes"] = json!([{"name": "html", "emptyDir": {}}]);
+        pod["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "html", "mountPath": "/app/"}]);
+        let (reason, code, msg) = denial(&pod, Policy::Disabled);
+        assert_eq!((reason, code), (Reason::NameClash, 409));
+        assert!(msg.contains(APP_MOUNT_PATH_KEY), "{msg}");
+    }
+
+    #[test]
+    fn precedence_unknown_profile_before_conflict_before_clash() {
+        let mut pod = opted_in(json!({PROFILES_KEY: "nope", SHARE_PROCESS_KEY: "true"}));
+        pod["spec"]["shareProcessNamespace"] = json!(false);
+        pod["spec"]["containers"] = json!([{"name": "sidecar", "image": "x"}]);
+        assert_eq!(denial(&pod, Policy::Disabled).0, Reason::UnknownProfile);
+        pod["metadata"]["annotations"][PROFILES_KEY] = json!("default");
+        assert_eq!(denial(&pod, Policy::Disabled).0, Reason::Conflict);
+        pod["spec"]["shareProcessNamespace"] = json!(true);
+        assert_eq!(denial(&pod, Policy::Disabled).0, Reason::NameClash);
+    }
+
+    #[test]
+    fn patch_adds_missing_containers_whole_and_appends_to_existing() {
+        let pod = json!({"metadata": {"name": "p", "labels": {INJECT_KEY: "true"}},
+                         "spec": {"containers": [{"name": "a", "image": "x"}]}});
+        let Decision::Inject { injection, .. } = decide_json(&pod, Policy::Disabled) else { panic!() };
+        let paths: Vec<String> = injection
+            .patch
+            .0
+            .iter()
+            .map(|op| match op {
+                PatchOperation::Add(a) => a.path.to_string(),
+                other => panic!("only adds expected: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            ["/spec/volumes", "/spec/containers/-", "/spec/containers/0/volumeMounts", "/metadata/annotations"]
+        );
+        let pod = opted_in(json!({}));
+        let Decision::Inject { injection, .. } = decide_json(&pod, Policy::Disabled) else { panic!() };
+        let last = serde_json::to_value(injection.patch.0.last().unwrap()).unwrap();
+        assert_eq!(last["path"], "/metadata/annotations/sidecar-injector.io~1status");
+    }
+
+    #[test]
+    fn pod_without_spec_is_a_bad_object() {
+        let pod = json!({"metadata": {"name": "p"}});
+        assert_eq!(denial(&pod, Policy::Enabled).0, Reason::BadObject);
+    }
+
+    #[test]
+    fn pod_without_metadata_gets_metadata_added() {
+        let pod = json!({"spec": {"containers": [{"name": "a", "image": "x"}]}});
+        let out = injected(&pod, Policy::Enabled);
+        assert!(out["metadata"]["annotations"][STATUS_KEY].is_string());
+    }
+}

@@ -481,3 +481,65 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
     let _ = metrics_task.await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    #[test]
+    fn policy_query_values() {
+        assert_eq!(policy_from_query(None).unwrap(), Policy::Disabled);
+        assert_eq!(policy_from_query(Some("policy=enabled")).unwrap(), Policy::Enabled);
+        assert_eq!(policy_from_query(Some("timeout=10s&policy=disabled")).unwrap(), Policy::Disabled);
+        for q in ["policy=", "policy", "policy=Enabled", "policy=on", "policy=enabled&policy=enabled"] {
+            assert!(policy_from_query(Some(q)).is_err(), "{q}");
+        }
+    }
+
+    fn app() -> (Arc<AppState>, Router) {
+        let state = Arc::new(AppState::new(Config::embedded().unwrap(), Metrics::new()));
+        (state.clone(), router(state, Duration::from_secs(5)))
+    }
+
+    async fn call(app: Router, req: Request<Body>) -> (StatusCode, Vec<u8>) {
+        let res = app.oneshot(req).await.unwrap();
+        let status = res.status();
+        let body = res.into_body().collect().await.unwrap().to_bytes().to_vec();
+        (status, body)
+    }
+
+    #[tokio::test]
+    async fn router_answers_review_bytes_and_errors() {
+        let (state, app) = app();
+        let body = std::fs::read("tests/fixtures/reviews/classic-shared-volume.json").unwrap();
+        let expected = review(&body, Policy::Disabled, &state.config()).unwrap().body;
+        let req = Request::post("/mutate").body(Body::from(body)).unwrap();
+        let (status, got) = call(app.clone(), req).await;
+        assert_eq!((status, got), (StatusCode::OK, expected));
+
+        let req = Request::post("/mutate?policy=bogus").body(Body::from("{}")).unwrap();
+        let (status, got) = call(app.clone(), req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(got.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+
+        let req = Request::post("/mutate").body(Body::from(vec![b' '; MAX_BODY_BYTES + 1])).unwrap();
+        assert_eq!(call(app.clone(), req).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+
+        let text = state.metrics.encode();
+        assert!(text.contains("outcome=\"error\",reason=\"too-large\"} 1"), "{text}");
+        assert!(text.contains("outcome=\"error\",reason=\"bad-request\"} 1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_state_and_healthz_is_always_ok() {
+        let (state, app) = app();
+        let get = |p: &str| Request::get(p).body(Body::empty()).unwrap();
+        assert_eq!(call(app.clone(), get("/readyz")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        state.set_ready(true);
+        assert_eq!(call(app.clone(), get("/readyz")).await.0, StatusCode::OK);
+        assert_eq!(call(app.clone(), get("/healthz")).await.0, StatusCode::OK);
+        assert_eq!(call(app, get("/nope")).await.0, StatusCode::NOT_FOUND);
+    }
+}
