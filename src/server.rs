@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -143,8 +143,9 @@ impl IntoResponse for RequestError {
 }
 
 /// `policy` from the query string: absent means disabled; anything but exactly `enabled` or
-/// `disabled` (an empty or repeated value included) is a bad request.
-pub fn policy_from_query(query: Option<&str>) -> Result<Policy, RequestError> {
+/// `disabled` (an empty or repeated value included) is a bad request. `path` is the policy of
+/// the `/mutate/enabled` and `/mutate/disabled` routes, which a query may not contradict.
+pub fn policy_from_query(query: Option<&str>, path: Option<Policy>) -> Result<Policy, RequestError> {
     let mut policy = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -164,16 +165,33 @@ pub fn policy_from_query(query: Option<&str>) -> Result<Policy, RequestError> {
             return Err(RequestError::BadRequest("policy is given more than once".into()));
         }
     }
-    Ok(policy.unwrap_or_default())
+    match (path, policy) {
+        (Some(p), Some(q)) if p != q => Err(RequestError::BadRequest(
+            "the policy in the query contradicts the one in the path".into(),
+        )),
+        (Some(p), _) | (None, Some(p)) => Ok(p),
+        (None, None) => Ok(Policy::Disabled),
+    }
 }
 
 async fn read_and_review(
     state: &AppState,
+    path_policy: Option<&str>,
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Answer, RequestError> {
-    let policy = policy_from_query(query)?;
+    let path_policy = match path_policy {
+        None => None,
+        Some("enabled") => Some(Policy::Enabled),
+        Some("disabled") => Some(Policy::Disabled),
+        Some(other) => {
+            return Err(RequestError::BadRequest(format!(
+                "invalid policy {other:?} in the path: it takes /mutate/enabled or /mutate/disabled"
+            )))
+        }
+    };
+    let policy = policy_from_query(query, path_policy)?;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -201,8 +219,29 @@ async fn mutate(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    answer(&state, None, query.as_deref(), &headers, body).await
+}
+
+async fn mutate_with_policy(
+    State(state): State<Arc<AppState>>,
+    Path(policy): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(&state, Some(&policy), query.as_deref(), &headers, body).await
+}
+
+/// Reviews, counts and logs one request: every webhook answer goes through here.
+async fn answer(
+    state: &AppState,
+    path_policy: Option<&str>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
     let start = Instant::now();
-    let result = read_and_review(&state, query.as_deref(), &headers, body).await;
+    let result = read_and_review(state, path_policy, query, headers, body).await;
     let elapsed = start.elapsed();
     let duration_us = elapsed.as_micros() as u64;
     match result {
@@ -214,8 +253,8 @@ async fn mutate(
                 uid = %a.uid,
                 namespace = %a.namespace,
                 pod = %a.pod,
-                outcome = a.outcome.as_str(),
-                reason = a.reason.as_str(),
+                outcome = %a.outcome.as_str(),
+                reason = %a.reason.as_str(),
                 profiles = %a.profiles.join(","),
                 duration_us,
                 "admission review"
@@ -227,8 +266,8 @@ async fn mutate(
                 .metrics
                 .observe(Outcome::Error, e.reason(), elapsed.as_secs_f64());
             tracing::warn!(
-                outcome = Outcome::Error.as_str(),
-                reason = e.reason().as_str(),
+                outcome = %Outcome::Error.as_str(),
+                reason = %e.reason().as_str(),
                 error = %e,
                 duration_us,
                 "admission review rejected"
@@ -265,6 +304,9 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
+        // The apiserver refuses a query in a webhook's service path (each segment must be a
+        // DNS subdomain), so the policy can also be given as a path segment.
+        .route("/mutate/{policy}", post(mutate_with_policy))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .layer(TimeoutLayer::with_status_code(
@@ -288,6 +330,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     // A second initialisation (tests) keeps the first subscriber.
     let _ = match format {
@@ -490,12 +533,15 @@ mod tests {
 
     #[test]
     fn policy_query_values() {
-        assert_eq!(policy_from_query(None).unwrap(), Policy::Disabled);
-        assert_eq!(policy_from_query(Some("policy=enabled")).unwrap(), Policy::Enabled);
-        assert_eq!(policy_from_query(Some("timeout=10s&policy=disabled")).unwrap(), Policy::Disabled);
+        assert_eq!(policy_from_query(None, None).unwrap(), Policy::Disabled);
+        assert_eq!(policy_from_query(Some("policy=enabled"), None).unwrap(), Policy::Enabled);
+        assert_eq!(policy_from_query(Some("timeout=10s&policy=disabled"), None).unwrap(), Policy::Disabled);
         for q in ["policy=", "policy", "policy=Enabled", "policy=on", "policy=enabled&policy=enabled"] {
-            assert!(policy_from_query(Some(q)).is_err(), "{q}");
+            assert!(policy_from_query(Some(q), None).is_err(), "{q}");
         }
+        assert_eq!(policy_from_query(None, Some(Policy::Enabled)).unwrap(), Policy::Enabled);
+        assert_eq!(policy_from_query(Some("policy=enabled"), Some(Policy::Enabled)).unwrap(), Policy::Enabled);
+        assert!(policy_from_query(Some("policy=disabled"), Some(Policy::Enabled)).is_err());
     }
 
     fn app() -> (Arc<AppState>, Router) {
@@ -527,9 +573,16 @@ mod tests {
         let req = Request::post("/mutate").body(Body::from(vec![b' '; MAX_BODY_BYTES + 1])).unwrap();
         assert_eq!(call(app.clone(), req).await.0, StatusCode::PAYLOAD_TOO_LARGE);
 
+        let body = std::fs::read("tests/fixtures/reviews/bare-pod-not-opted-in.json").unwrap();
+        let enabled = review(&body, Policy::Enabled, &state.config()).unwrap().body;
+        let req = Request::post("/mutate/enabled").body(Body::from(body.clone())).unwrap();
+        assert_eq!(call(app.clone(), req).await, (StatusCode::OK, enabled));
+        let req = Request::post("/mutate/bogus").body(Body::from(body)).unwrap();
+        assert_eq!(call(app.clone(), req).await.0, StatusCode::BAD_REQUEST);
+
         let text = state.metrics.encode();
         assert!(text.contains("outcome=\"error\",reason=\"too-large\"} 1"), "{text}");
-        assert!(text.contains("outcome=\"error\",reason=\"bad-request\"} 1"), "{text}");
+        assert!(text.contains("outcome=\"error\",reason=\"bad-request\"} 2"), "{text}");
     }
 
     #[tokio::test]

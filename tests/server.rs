@@ -1,0 +1,437 @@
+//! End-to-end: the real server on 127.0.0.1 with real TLS, spoken to over HTTP/2 and
+//! HTTP/1.1 the way kube-apiserver does.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+struct Server {
+    child: Child,
+    addr: String,
+    metrics: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(bin())
+            .arg("serve")
+            .args(["--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening") {
+                    let addr = line.split("addr=").nth(1).unwrap_or("").split(' ').next().unwrap_or("").to_string();
+                    let _ = tx.send((line.contains("webhook"), addr));
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let (mut addr, mut metrics) = (String::new(), String::new());
+        for _ in 0..2 {
+            let (webhook, a) = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
+            if webhook { addr = a } else { metrics = a }
+        }
+        Server { child, addr, metrics, log }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
+    }
+
+    fn log_has(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    fn metrics_text(&self) -> String {
+        get_plain(&format!("http://{}/metrics", self.metrics))
+    }
+
+    fn sigterm(&self) {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get_plain(url: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
+}
+
+struct Certs {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+fn make_certs() -> Certs {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["certs", "--out", dir.path().to_str().unwrap(), "--dns", "localhost", "127.0.0.1"], b"");
+    assert!(out.status.success());
+    Certs { path: dir.path().to_path_buf(), _dir: dir }
+}
+
+fn client(ca: &Path, h2: bool) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    let b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(20));
+    if h2 { b.http2_prior_knowledge() } else { b.http1_only() }.build().unwrap()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+async fn post(c: &reqwest::Client, url: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>, reqwest::Version), reqwest::Error> {
+    let res = c.post(url).header("content-type", "application/json").body(body).send().await?;
+    let (status, version) = (res.status().as_u16(), res.version());
+    Ok((status, res.bytes().await?.to_vec(), version))
+}
+
+fn tls_args(certs: &Certs) -> Vec<String> {
+    vec![
+        "--tls-cert".into(), certs.path.join("tls.crt").display().to_string(),
+        "--tls-key".into(), certs.path.join("tls.key").display().to_string(),
+    ]
+}
+
+fn fixtures() -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<_> = std::fs::read_dir(fixture("reviews"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn h2_and_h1_answers_are_the_bytes_of_review() {
+    let certs = make_certs();
+    let args = tls_args(&certs);
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    rt().block_on(async {
+        for h2 in [true, false] {
+            let c = client(&certs.path.join("ca.crt"), h2);
+            for (name, body) in fixtures() {
+                for policy in ["disabled", "enabled"] {
+                    let expected = run(&["review", "--policy", policy], &body).stdout;
+                    let (status, got, version) =
+                        post(&c, &server.url(&format!("/mutate?policy={policy}")), body.clone()).await.unwrap();
+                    assert_eq!(status, 200, "{name}");
+                    assert_eq!(version, if h2 { reqwest::Version::HTTP_2 } else { reqwest::Version::HTTP_11 });
+                    assert_eq!(String::from_utf8(got).unwrap(), String::from_utf8(expected).unwrap(), "{name} {policy}");
+                }
+            }
+            let (status, ..) = post(&c, &server.url("/mutate"), fixtures()[0].1.clone()).await.unwrap();
+            assert_eq!(status, 200);
+            let res = c.get(server.url("/readyz")).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            let res = c.get(server.url("/healthz")).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+        }
+    });
+    assert!(server.log_has("admission review") && server.log_has("reason=opted-in"));
+    let m = server.metrics_text();
+    assert!(m.contains("sidecar_injector_admission_requests_total{outcome=\"injected\",reason=\"opted-in\"}"), "{m}");
+    assert!(m.contains("sidecar_injector_admission_duration_seconds_bucket"));
+    assert!(m.contains("sidecar_injector_certificate_expiry_timestamp_seconds"));
+}
+
+#[test]
+fn bad_input_gets_clear_answers_and_the_server_keeps_serving() {
+    let server = Server::start(&["--dev"]);
+    // The dev certificate is in memory only: trust it by skipping verification here.
+    let c = reqwest::Client::builder()
+        .use_rustls_tls()
+        .danger_accept_invalid_certs(true)
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let good = std::fs::read(fixture("reviews/replicaset-pod.json")).unwrap();
+    rt().block_on(async {
+        let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+            ("/mutate", b"not json".to_vec(), 400),
+            ("/mutate", b"{}".to_vec(), 400),
+            ("/mutate", br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"a"}}"#.to_vec(), 400),
+            ("/mutate", br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"operation":"CREATE"}}"#.to_vec(), 400),
+            ("/mutate?policy=", good.clone(), 400),
+            ("/mutate?policy=yes", good.clone(), 400),
+            ("/mutate", vec![b' '; 4 * 1024 * 1024 + 1], 413),
+        ];
+        for (path, body, code) in cases {
+            let (status, text, _) = post(&c, &server.url(path), body).await.unwrap();
+            assert_eq!(status, code, "{path}");
+            let text = String::from_utf8(text).unwrap();
+            assert_eq!(text.trim_end().lines().count(), 1, "one-line reason: {text}");
+        }
+        let (status, text, _) = post(&c, &server.url("/mutate"), good).await.unwrap();
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(v["response"]["auditAnnotations"]["reason"], "opted-in");
+    });
+    let m = server.metrics_text();
+    assert!(m.contains("outcome=\"error\",reason=\"bad-request\"} 6"), "{m}");
+    assert!(m.contains("outcome=\"error\",reason=\"too-large\"} 1"), "{m}");
+}
+
+/// Writes a Secret-volume layout: tls.crt -> ..data/tls.crt, ..data -> ..<version>.
+fn write_secret_version(dir: &Path, version: &str, cert: &[u8], key: &[u8]) {
+    let v = dir.join(format!("..{version}"));
+    std::fs::create_dir(&v).unwrap();
+    std::fs::write(v.join("tls.crt"), cert).unwrap();
+    std::fs::write(v.join("tls.key"), key).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        let link = dir.join(f);
+        if link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(format!("..data/{f}"), link).unwrap();
+        }
+    }
+}
+
+#[test]
+fn certificate_rotation_by_secret_symlink_swap_drops_nothing() {
+    let (a, b) = (make_certs(), make_certs());
+    let secret = tempfile::tempdir().unwrap();
+    let read = |c: &Certs, f: &str| std::fs::read(c.path.join(f)).unwrap();
+    write_secret_version(secret.path(), "v1", &read(&a, "tls.crt"), &read(&a, "tls.key"));
+    let cert = secret.path().join("tls.crt").display().to_string();
+    let key = secret.path().join("tls.key").display().to_string();
+    let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key, "--reload-interval", "0.1"]);
+    let body = std::fs::read(fixture("reviews/replicaset-pod.json")).unwrap();
+
+    rt().block_on(async {
+        // A client that trusts both CAs keeps posting, on kept-alive and on new connections.
+        let both = {
+            let mut builder = reqwest::Client::builder().use_rustls_tls().tls_built_in_root_certs(false);
+            for c in [&a, &b] {
+                builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&read(c, "ca.crt")).unwrap());
+            }
+            builder.http2_prior_knowledge().build().unwrap()
+        };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let mut tasks = Vec::new();
+        for fresh in [false, true] {
+            let (both, stop, ok, failed, body, url) =
+                (both.clone(), stop.clone(), ok.clone(), failed.clone(), body.clone(), server.url("/mutate"));
+            let ca_a = read(&a, "ca.crt");
+            let ca_b = read(&b, "ca.crt");
+            tasks.push(tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    let c = if fresh {
+                        reqwest::Client::builder().use_rustls_tls().tls_built_in_root_certs(false)
+                            .add_root_certificate(reqwest::Certificate::from_pem(&ca_a).unwrap())
+                            .add_root_certificate(reqwest::Certificate::from_pem(&ca_b).unwrap())
+                            .http2_prior_knowledge().build().unwrap()
+                    } else {
+                        both.clone()
+                    };
+                    match post(&c, &url, body.clone()).await {
+                        Ok((200, ..)) => ok.fetch_add(1, Ordering::SeqCst),
+                        _ => failed.fetch_add(1, Ordering::SeqCst),
+                    };
+                }
+            }));
+        }
+        let only_b = client(&b.path.join("ca.crt"), true);
+        assert!(post(&only_b, &server.url("/mutate"), body.clone()).await.is_err(), "B not served yet");
+
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        write_secret_version(secret.path(), "v2", &read(&b, "tls.crt"), &read(&b, "tls.key"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let fresh_b = client(&b.path.join("ca.crt"), true);
+            if post(&fresh_b, &server.url("/mutate"), body.clone()).await.is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "new certificate never served");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // A broken pair (B's certificate with A's key) is refused; B stays in force.
+        write_secret_version(secret.path(), "v3", &read(&b, "tls.crt"), &read(&a, "tls.key"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let fresh_b = client(&b.path.join("ca.crt"), true);
+        assert_eq!(post(&fresh_b, &server.url("/mutate"), body.clone()).await.unwrap().0, 200);
+
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::SeqCst);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(failed.load(Ordering::SeqCst), 0, "failed requests during rotation");
+        assert!(ok.load(Ordering::SeqCst) > 20, "too few requests: {}", ok.load(Ordering::SeqCst));
+    });
+    assert!(server.log_has("certificate reloaded"));
+    assert!(server.log_has("certificate reload failed"));
+    let m = server.metrics_text();
+    assert!(m.contains("sidecar_injector_reloads_total{kind=\"certificate\",result=\"success\"} 1"), "{m}");
+    assert!(m.contains("sidecar_injector_reloads_total{kind=\"certificate\",result=\"failure\"} 1"), "{m}");
+}
+
+#[test]
+fn config_reload_takes_good_files_and_keeps_the_old_one_on_bad() {
+    let certs = make_certs();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    let profile = |name: &str| {
+        format!("defaultProfiles: [p]\nprofiles:\n  p:\n    containers:\n      - name: {name}\n        image: busybox:1.36\n")
+    };
+    std::fs::write(&cfg, profile("first")).unwrap();
+    let mut args = tls_args(&certs);
+    args.extend(["--config".into(), cfg.display().to_string(), "--reload-interval".into(), "0.1".into()]);
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let c = client(&certs.path.join("ca.crt"), true);
+    let body = std::fs::read(fixture("reviews/replicaset-pod.json")).unwrap();
+    let sidecar = |c: reqwest::Client, url: String, body: Vec<u8>| async move {
+        let (_, bytes, _) = post(&c, &url, body).await.unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        String::from_utf8(patch_of(&v).unwrap()).unwrap()
+    };
+    rt().block_on(async {
+        assert!(sidecar(c.clone(), server.url("/mutate"), body.clone()).await.contains("\"first\""));
+        std::fs::write(&cfg, profile("second")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sidecar(c.clone(), server.url("/mutate"), body.clone()).await.contains("\"second\"") {
+            assert!(Instant::now() < deadline, "config never reloaded");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        std::fs::write(&cfg, "defaultProfiles: [p]\nprofiles: {p: {containers: [{name: x}]}}\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(sidecar(c.clone(), server.url("/mutate"), body.clone()).await.contains("\"second\""));
+    });
+    assert!(server.log_has("config reload failed"));
+    let m = server.metrics_text();
+    assert!(m.contains("sidecar_injector_reloads_total{kind=\"config\",result=\"failure\"} 1"), "{m}");
+    assert!(m.contains("sidecar_injector_reloads_total{kind=\"config\",result=\"success\"} 1"), "{m}");
+}
+
+#[test]
+fn mtls_refuses_clients_without_a_certificate_from_the_ca() {
+    let certs = make_certs();
+    // The apiserver's side: a client CA and a clientAuth certificate it signed.
+    let client_ca = rcgen::CertifiedIssuer::self_signed(
+        {
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p
+        },
+        rcgen::KeyPair::generate().unwrap(),
+    )
+    .unwrap();
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let mut cp = rcgen::CertificateParams::new(vec!["kube-apiserver".to_string()]).unwrap();
+    cp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = cp.signed_by(&client_key, &client_ca).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client-ca.crt"), client_ca.pem()).unwrap();
+
+    let mut args = tls_args(&certs);
+    args.extend(["--client-ca".into(), dir.path().join("client-ca.crt").display().to_string()]);
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let body = std::fs::read(fixture("reviews/replicaset-pod.json")).unwrap();
+    rt().block_on(async {
+        let anonymous = client(&certs.path.join("ca.crt"), true);
+        assert!(post(&anonymous, &server.url("/mutate"), body.clone()).await.is_err());
+        let identity = reqwest::Identity::from_pem(
+            format!("{}{}", client_cert.pem(), client_key.serialize_pem()).as_bytes(),
+        )
+        .unwrap();
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.path.join("ca.crt")).unwrap()).unwrap();
+        let authed = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(ca)
+            .identity(identity)
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        assert_eq!(post(&authed, &server.url("/mutate"), body).await.unwrap().0, 200);
+    });
+    // Probes go to the metrics port, which needs no client certificate.
+    assert_eq!(get_plain(&format!("http://{}/readyz", server.metrics)), "ok\n");
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish_and_exits_0() {
+    let certs = make_certs();
+    let args = tls_args(&certs);
+    let mut server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let body = std::fs::read(fixture("reviews/replicaset-pod.json")).unwrap();
+    let c = client(&certs.path.join("ca.crt"), true);
+    let h1 = client(&certs.path.join("ca.crt"), false);
+    rt().block_on(async {
+        // Bodies that trickle in over ~1.5 s: in flight when SIGTERM arrives.
+        let mut inflight = Vec::new();
+        for i in 0..12 {
+            let c = if i % 2 == 0 { c.clone() } else { h1.clone() };
+            let url = server.url("/mutate");
+            let chunks: Vec<Vec<u8>> = body.chunks(body.len() / 5 + 1).map(<[u8]>::to_vec).collect();
+            inflight.push(tokio::spawn(async move {
+                let stream = futures_util::stream::unfold(chunks.into_iter(), |mut it| async move {
+                    let next = it.next()?;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Some((Ok::<_, std::io::Error>(next), it))
+                });
+                let res = c
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(reqwest::Body::wrap_stream(stream))
+                    .send()
+                    .await
+                    .unwrap();
+                (res.status().as_u16(), res.bytes().await.unwrap())
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        server.sigterm();
+        for t in inflight {
+            let (status, bytes) = t.await.unwrap();
+            assert_eq!(status, 200);
+            assert!(serde_json::from_slice::<Value>(&bytes).is_ok());
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    assert!(server.log_has("drained"));
+}
