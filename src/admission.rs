@@ -371,7 +371,9 @@ mod tests {
         let (a, v) = review_json(&pod_create(pod), Policy::Disabled);
         assert_eq!(a.reason, Reason::NotOptedIn);
         let r = v["response"].as_object().unwrap();
-        assert!(!r.contains_key("patch") && !r.contains_key("patchType") && !r.contains_key("status"));
+        assert!(
+            !r.contains_key("patch") && !r.contains_key("patchType") && !r.contains_key("status")
+        );
         assert_eq!(r["allowed"], true);
     }
 
@@ -382,8 +384,14 @@ mod tests {
             ("/request/operation", json!("UPDATE")),
             ("/request/operation", json!("DELETE")),
             ("/request/subResource", json!("status")),
-            ("/request/kind", json!({"group": "apps", "version": "v1", "kind": "Pod"})),
-            ("/request/kind", json!({"group": "", "version": "v1", "kind": "Service"})),
+            (
+                "/request/kind",
+                json!({"group": "apps", "version": "v1", "kind": "Pod"}),
+            ),
+            (
+                "/request/kind",
+                json!({"group": "", "version": "v1", "kind": "Service"}),
+            ),
         ];
         for (ptr, value) in cases {
             let mut body = base.clone();
@@ -443,14 +451,27 @@ mod tests {
         };
         assert!(bad(b"not json").contains("not an AdmissionReview"));
         assert!(bad(b"[]").contains("not an AdmissionReview"));
-        assert!(bad(br#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#).contains("not an AdmissionReview"));
+        assert!(bad(br#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#)
+            .contains("not an AdmissionReview"));
         let m = bad(br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"x"}}"#);
-        assert!(m.contains("admission.k8s.io/v1beta1") && m.contains("only admission.k8s.io/v1"), "{m}");
-        assert!(bad(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#).contains("no request"));
-        assert!(bad(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}"#).contains("no uid"));
+        assert!(
+            m.contains("admission.k8s.io/v1beta1") && m.contains("only admission.k8s.io/v1"),
+            "{m}"
+        );
+        assert!(
+            bad(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#)
+                .contains("no request")
+        );
+        assert!(bad(
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}"#
+        )
+        .contains("no uid"));
         assert!(!bad(b"\xff\xfe").contains('\n'));
         let big = vec![b' '; MAX_BODY_BYTES + 1];
-        assert_eq!(review(&big, Policy::Disabled, &c).unwrap_err(), RequestError::TooLarge);
+        assert_eq!(
+            review(&big, Policy::Disabled, &c).unwrap_err(),
+            RequestError::TooLarge
+        );
     }
 
     #[test]
@@ -460,7 +481,10 @@ mod tests {
         let (a, v) = review_json(&pod_create(pod), Policy::Disabled);
         assert_eq!((a.outcome, a.reason), (Outcome::Denied, Reason::NameClash));
         let s = &v["response"]["status"];
-        assert_eq!((s["code"].clone(), s["reason"].clone()), (json!(409), json!("Conflict")));
+        assert_eq!(
+            (s["code"].clone(), s["reason"].clone()),
+            (json!(409), json!("Conflict"))
+        );
         assert_eq!(v["response"]["auditAnnotations"]["reason"], "name-clash");
     }
 }

@@ -13,10 +13,19 @@ use crate::inject::Policy;
 use crate::server::ServeArgs;
 
 #[derive(Parser, Debug)]
-#[command(name = "sidecar-injector", version, about = "Kubernetes sidecar injection webhook")]
+#[command(
+    name = "sidecar-injector",
+    version,
+    about = "Kubernetes sidecar injection webhook"
+)]
 pub struct Cli {
     /// Injection config (YAML); without it the embedded default applies.
-    #[arg(long, global = true, env = "SIDECAR_INJECTOR_CONFIG", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "SIDECAR_INJECTOR_CONFIG",
+        value_name = "PATH"
+    )]
     pub config: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,

@@ -157,7 +157,10 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
                 )),
                 Some(_) => Ok(()),
                 None => {
-                    seen.insert((kind, name.to_string()), (profile.to_string(), json.clone()));
+                    seen.insert(
+                        (kind, name.to_string()),
+                        (profile.to_string(), json.clone()),
+                    );
                     Ok(())
                 }
             }
@@ -178,7 +181,11 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
                 return Err(format!("{}: a volume has no name", at("volumes")));
             }
             if !names.insert(("volume", v.name.clone())) {
-                return Err(format!("{}: volume {:?} is repeated", at("volumes"), v.name));
+                return Err(format!(
+                    "{}: volume {:?} is repeated",
+                    at("volumes"),
+                    v.name
+                ));
             }
             let json = to_json(&at("volumes"), v)?;
             check_unique("volume", &v.name, &pname, &json)?;
@@ -198,7 +205,11 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
                     return Err(format!("{}: a container has no name", at(field)));
                 }
                 if c.image.as_deref().unwrap_or("").is_empty() {
-                    return Err(format!("{}: container {:?} has no image", at(field), c.name));
+                    return Err(format!(
+                        "{}: container {:?} has no image",
+                        at(field),
+                        c.name
+                    ));
                 }
                 if !names.insert(("container", c.name.clone())) {
                     return Err(format!(
@@ -261,7 +272,10 @@ mod tests {
         let d = &c.profiles["default"];
         assert_eq!(d.containers[0].name, "sidecar");
         assert_eq!(d.containers[0].json["image"], "busybox:1.36");
-        assert_eq!(d.volumes[0].json, serde_json::json!({"name":"shared-data","emptyDir":{}}));
+        assert_eq!(
+            d.volumes[0].json,
+            serde_json::json!({"name":"shared-data","emptyDir":{}})
+        );
         assert_eq!(d.app_volume_mounts[0].mount_path, "/pod-data");
         let sc = &d.containers[0].json["securityContext"];
         assert_eq!(sc["allowPrivilegeEscalation"], false);
@@ -272,9 +286,12 @@ mod tests {
 
     #[test]
     fn parse_error_names_path_and_line() {
-        let err = Config::from_yaml("defaultProfiles: [default]\nprofiles:\n  default:\n    bogus: 1\n", "x.yaml")
-            .unwrap_err()
-            .to_string();
+        let err = Config::from_yaml(
+            "defaultProfiles: [default]\nprofiles:\n  default:\n    bogus: 1\n",
+            "x.yaml",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("x.yaml:4:"), "{err}");
         assert!(err.contains("bogus"), "{err}");
     }
@@ -309,6 +326,9 @@ mod tests {
         let err = Config::load(Some(Path::new("/nonexistent/cfg.yaml")))
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("/nonexistent/cfg.yaml: cannot read"), "{err}");
+        assert!(
+            err.starts_with("/nonexistent/cfg.yaml: cannot read"),
+            "{err}"
+        );
     }
 }

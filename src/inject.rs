@@ -234,9 +234,7 @@ fn grant_ptrace(container: &mut Value) {
 }
 
 fn clash_message(what: &str) -> String {
-    format!(
-        "{what}; rename it, or opt this pod out with annotation {INJECT_KEY}: \"false\""
-    )
+    format!("{what}; rename it, or opt this pod out with annotation {INJECT_KEY}: \"false\"")
 }
 
 fn all_container_names(pod_spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<&str> {
@@ -485,7 +483,10 @@ fn plan(
     let mut warnings = Vec::new();
     if share {
         if spec.share_process_namespace != Some(true) {
-            ops.push(add(ptr(["spec", "shareProcessNamespace"]), Value::Bool(true)));
+            ops.push(add(
+                ptr(["spec", "shareProcessNamespace"]),
+                Value::Bool(true),
+            ));
         }
         if !sidecars.is_empty() {
             warnings.push(PTRACE_WARNING.to_string());
@@ -508,7 +509,10 @@ fn plan(
         ));
     } else if pod.metadata == Default::default() {
         // No metadata at all: `/metadata/annotations` would have no parent to go into.
-        ops.push(add(ptr(["metadata"]), json!({ "annotations": { STATUS_KEY: status } })));
+        ops.push(add(
+            ptr(["metadata"]),
+            json!({ "annotations": { STATUS_KEY: status } }),
+        ));
     } else {
         ops.push(add(
             ptr(["metadata", "annotations"]),
@@ -585,42 +589,83 @@ mod tests {
         let c = &out["spec"]["containers"];
         assert_eq!(c[1]["name"], "sidecar");
         assert_eq!(c[1]["image"], "busybox:1.36");
-        assert_eq!(c[0]["volumeMounts"], json!([{"mountPath": "/pod-data", "name": "shared-data"}]));
-        assert_eq!(out["spec"]["volumes"], json!([{"emptyDir": {}, "name": "shared-data"}]));
+        assert_eq!(
+            c[0]["volumeMounts"],
+            json!([{"mountPath": "/pod-data", "name": "shared-data"}])
+        );
+        assert_eq!(
+            out["spec"]["volumes"],
+            json!([{"emptyDir": {}, "name": "shared-data"}])
+        );
         let status: Value =
             serde_json::from_str(out["metadata"]["annotations"][STATUS_KEY].as_str().unwrap())
                 .unwrap();
         assert_eq!(status["containers"], json!(["sidecar"]));
-        assert_eq!(decide_json(&opted_in(json!({})), Policy::Disabled).reason(), Reason::OptedIn);
+        assert_eq!(
+            decide_json(&opted_in(json!({})), Policy::Disabled).reason(),
+            Reason::OptedIn
+        );
     }
 
     #[test]
     fn opt_in_values_are_case_insensitive_and_label_works() {
         for v in ["TRUE", "True", "true"] {
             let pod = pod_with(json!({INJECT_KEY: v}), json!({}), app_spec());
-            assert_eq!(decide_json(&pod, Policy::Disabled).reason(), Reason::OptedIn);
+            assert_eq!(
+                decide_json(&pod, Policy::Disabled).reason(),
+                Reason::OptedIn
+            );
         }
         let pod = pod_with(json!({}), json!({INJECT_KEY: "true"}), app_spec());
-        assert_eq!(decide_json(&pod, Policy::Disabled).reason(), Reason::OptedIn);
+        assert_eq!(
+            decide_json(&pod, Policy::Disabled).reason(),
+            Reason::OptedIn
+        );
         let pod = pod_with(json!({}), json!({INJECT_KEY: "FALSE"}), app_spec());
-        assert_eq!(decide_json(&pod, Policy::Enabled), Decision::Unchanged(Reason::OptedOut));
+        assert_eq!(
+            decide_json(&pod, Policy::Enabled),
+            Decision::Unchanged(Reason::OptedOut)
+        );
     }
 
     #[test]
     fn annotation_wins_over_label_and_only_its_value_is_checked() {
-        let pod = pod_with(json!({INJECT_KEY: "false"}), json!({INJECT_KEY: "bogus"}), app_spec());
-        assert_eq!(decide_json(&pod, Policy::Enabled), Decision::Unchanged(Reason::OptedOut));
-        let pod = pod_with(json!({INJECT_KEY: "true"}), json!({INJECT_KEY: "false"}), app_spec());
-        assert_eq!(decide_json(&pod, Policy::Disabled).reason(), Reason::OptedIn);
+        let pod = pod_with(
+            json!({INJECT_KEY: "false"}),
+            json!({INJECT_KEY: "bogus"}),
+            app_spec(),
+        );
+        assert_eq!(
+            decide_json(&pod, Policy::Enabled),
+            Decision::Unchanged(Reason::OptedOut)
+        );
+        let pod = pod_with(
+            json!({INJECT_KEY: "true"}),
+            json!({INJECT_KEY: "false"}),
+            app_spec(),
+        );
+        assert_eq!(
+            decide_json(&pod, Policy::Disabled).reason(),
+            Reason::OptedIn
+        );
     }
 
     #[test]
     fn policy_decides_pods_without_opt_in_key() {
         let pod = pod_with(json!({}), json!({}), app_spec());
-        assert_eq!(decide_json(&pod, Policy::Disabled), Decision::Unchanged(Reason::NotOptedIn));
-        assert_eq!(decide_json(&pod, Policy::Enabled).reason(), Reason::NamespaceEnabled);
+        assert_eq!(
+            decide_json(&pod, Policy::Disabled),
+            Decision::Unchanged(Reason::NotOptedIn)
+        );
+        assert_eq!(
+            decide_json(&pod, Policy::Enabled).reason(),
+            Reason::NamespaceEnabled
+        );
         let pod = pod_with(json!({INJECT_KEY: "false"}), json!({}), app_spec());
-        assert_eq!(decide_json(&pod, Policy::Enabled), Decision::Unchanged(Reason::OptedOut));
+        assert_eq!(
+            decide_json(&pod, Policy::Enabled),
+            Decision::Unchanged(Reason::OptedOut)
+        );
     }
 
     #[test]
@@ -629,7 +674,10 @@ mod tests {
             let pod = pod_with(json!({INJECT_KEY: v}), json!({}), app_spec());
             let (reason, code, msg) = denial(&pod, Policy::Disabled);
             assert_eq!((reason, code), (Reason::BadAnnotation, 400));
-            assert!(msg.contains(INJECT_KEY) && msg.contains("\"true\" or \"false\""), "{msg}");
+            assert!(
+                msg.contains(INJECT_KEY) && msg.contains("\"true\" or \"false\""),
+                "{msg}"
+            );
         }
         let pod = pod_with(json!({}), json!({INJECT_KEY: "nope"}), app_spec());
         let (_, _, msg) = denial(&pod, Policy::Disabled);
@@ -638,8 +686,15 @@ mod tests {
 
     #[test]
     fn other_keys_are_checked_only_on_pods_that_will_be_injected() {
-        let pod = pod_with(json!({PROFILES_KEY: "", SHARE_PROCESS_KEY: "maybe"}), json!({}), app_spec());
-        assert_eq!(decide_json(&pod, Policy::Disabled), Decision::Unchanged(Reason::NotOptedIn));
+        let pod = pod_with(
+            json!({PROFILES_KEY: "", SHARE_PROCESS_KEY: "maybe"}),
+            json!({}),
+            app_spec(),
+        );
+        assert_eq!(
+            decide_json(&pod, Policy::Disabled),
+            Decision::Unchanged(Reason::NotOptedIn)
+        );
         for (key, value) in [
             (PROFILES_KEY, ""),
             (PROFILES_KEY, "default,,logging"),
@@ -650,26 +705,43 @@ mod tests {
             (APP_MOUNT_PATH_KEY, ""),
         ] {
             let (reason, code, msg) = denial(&opted_in(json!({key: value})), Policy::Disabled);
-            assert_eq!((reason, code), (Reason::BadAnnotation, 400), "{key}={value:?}");
+            assert_eq!(
+                (reason, code),
+                (Reason::BadAnnotation, 400),
+                "{key}={value:?}"
+            );
             assert!(msg.contains(key), "{msg}");
         }
     }
 
     #[test]
     fn already_injected_pod_is_left_alone_before_anything_else() {
-        let pod = pod_with(json!({STATUS_KEY: "{}", INJECT_KEY: "bogus"}), json!({}), app_spec());
-        assert_eq!(decide_json(&pod, Policy::Enabled), Decision::Unchanged(Reason::AlreadyInjected));
+        let pod = pod_with(
+            json!({STATUS_KEY: "{}", INJECT_KEY: "bogus"}),
+            json!({}),
+            app_spec(),
+        );
+        assert_eq!(
+            decide_json(&pod, Policy::Enabled),
+            Decision::Unchanged(Reason::AlreadyInjected)
+        );
     }
 
     #[test]
     fn injection_is_idempotent() {
         let out = injected(&opted_in(json!({})), Policy::Disabled);
-        assert_eq!(decide_json(&out, Policy::Enabled), Decision::Unchanged(Reason::AlreadyInjected));
+        assert_eq!(
+            decide_json(&out, Policy::Enabled),
+            Decision::Unchanged(Reason::AlreadyInjected)
+        );
     }
 
     #[test]
     fn profiles_combine_share_volume_and_keep_order() {
-        let out = injected(&opted_in(json!({PROFILES_KEY: " logging , default,logging"})), Policy::Disabled);
+        let out = injected(
+            &opted_in(json!({PROFILES_KEY: " logging , default,logging"})),
+            Policy::Disabled,
+        );
         let names: Vec<&str> = out["spec"]["containers"]
             .as_array()
             .unwrap()
@@ -678,14 +750,26 @@ mod tests {
             .collect();
         assert_eq!(names, ["app", "log-tailer", "sidecar"]);
         assert_eq!(out["spec"]["volumes"].as_array().unwrap().len(), 1);
-        assert_eq!(out["spec"]["containers"][0]["volumeMounts"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            out["spec"]["containers"][0]["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn unknown_profile_lists_known_ones() {
-        let (reason, code, msg) = denial(&opted_in(json!({PROFILES_KEY: "default,Logging"})), Policy::Disabled);
+        let (reason, code, msg) = denial(
+            &opted_in(json!({PROFILES_KEY: "default,Logging"})),
+            Policy::Disabled,
+        );
         assert_eq!((reason, code), (Reason::UnknownProfile, 400));
-        assert!(msg.contains("\"Logging\"") && msg.contains("default, logging"), "{msg}");
+        assert!(
+            msg.contains("\"Logging\"") && msg.contains("default, logging"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -694,10 +778,19 @@ mod tests {
         let out = injected(&pod, Policy::Disabled);
         assert_eq!(out["spec"]["shareProcessNamespace"], true);
         let sidecar = &out["spec"]["containers"][1];
-        assert_eq!(sidecar["securityContext"]["capabilities"]["add"], json!(["SYS_PTRACE"]));
-        assert_eq!(sidecar["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(
+            sidecar["securityContext"]["capabilities"]["add"],
+            json!(["SYS_PTRACE"])
+        );
+        assert_eq!(
+            sidecar["securityContext"]["capabilities"]["drop"],
+            json!(["ALL"])
+        );
         assert_eq!(sidecar["securityContext"]["privileged"], false);
-        assert_eq!((sidecar["stdin"].clone(), sidecar["tty"].clone()), (json!(true), json!(true)));
+        assert_eq!(
+            (sidecar["stdin"].clone(), sidecar["tty"].clone()),
+            (json!(true), json!(true))
+        );
         match decide_json(&pod, Policy::Disabled) {
             Decision::Inject { injection, .. } => {
                 assert_eq!(injection.warnings.len(), 1);
@@ -705,7 +798,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let plain = injected(&opted_in(json!({SHARE_PROCESS_KEY: "false"})), Policy::Disabled);
+        let plain = injected(
+            &opted_in(json!({SHARE_PROCESS_KEY: "false"})),
+            Policy::Disabled,
+        );
         assert!(plain["spec"].get("shareProcessNamespace").is_none());
         assert!(plain["spec"]["containers"][1].get("stdin").is_none());
     }
@@ -720,8 +816,12 @@ mod tests {
         // Already true: nothing to add for the pod-level field.
         pod["spec"]["shareProcessNamespace"] = json!(true);
         let d = decide_json(&pod, Policy::Disabled);
-        let Decision::Inject { injection, .. } = d else { panic!() };
-        assert!(!serde_json::to_string(&injection.patch).unwrap().contains("/spec/shareProcessNamespace"));
+        let Decision::Inject { injection, .. } = d else {
+            panic!()
+        };
+        assert!(!serde_json::to_string(&injection.patch)
+            .unwrap()
+            .contains("/spec/shareProcessNamespace"));
     }
 
     #[test]
@@ -734,14 +834,25 @@ mod tests {
         assert_eq!(out["spec"]["initContainers"][1]["restartPolicy"], "Always");
         assert_eq!(out["spec"]["containers"].as_array().unwrap().len(), 1);
         // init containers do not get the app mount
-        assert!(out["spec"]["initContainers"][0].get("volumeMounts").is_none());
+        assert!(out["spec"]["initContainers"][0]
+            .get("volumeMounts")
+            .is_none());
     }
 
     #[test]
     fn app_mount_path_moves_only_the_app_mount() {
-        let out = injected(&opted_in(json!({APP_MOUNT_PATH_KEY: "/app"})), Policy::Disabled);
-        assert_eq!(out["spec"]["containers"][0]["volumeMounts"][0]["mountPath"], "/app");
-        assert_eq!(out["spec"]["containers"][1]["volumeMounts"][0]["mountPath"], "/pod-data");
+        let out = injected(
+            &opted_in(json!({APP_MOUNT_PATH_KEY: "/app"})),
+            Policy::Disabled,
+        );
+        assert_eq!(
+            out["spec"]["containers"][0]["volumeMounts"][0]["mountPath"],
+            "/app"
+        );
+        assert_eq!(
+            out["spec"]["containers"][1]["volumeMounts"][0]["mountPath"],
+            "/pod-data"
+        );
     }
 
     #[test]
@@ -750,7 +861,10 @@ mod tests {
         pod["spec"]["containers"] = json!([{"name": "sidecar", "image": "x"}]);
         let (reason, code, msg) = denial(&pod, Policy::Disabled);
         assert_eq!((reason, code), (Reason::NameClash, 409));
-        assert!(msg.contains("\"sidecar\"") && msg.contains(INJECT_KEY), "{msg}");
+        assert!(
+            msg.contains("\"sidecar\"") && msg.contains(INJECT_KEY),
+            "{msg}"
+        );
 
         let mut pod = opted_in(json!({}));
         pod["spec"]["initContainers"] = json!([{"name": "sidecar", "image": "x"}]);
@@ -764,7 +878,8 @@ mod tests {
 
         let mut pod = opted_in(json!({APP_MOUNT_PATH_KEY: "/app"}));
         pod["spec"]["volumes"] = json!([{"name": "html", "emptyDir": {}}]);
-        pod["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "html", "mountPath": "/app/"}]);
+        pod["spec"]["containers"][0]["volumeMounts"] =
+            json!([{"name": "html", "mountPath": "/app/"}]);
         let (reason, code, msg) = denial(&pod, Policy::Disabled);
         assert_eq!((reason, code), (Reason::NameClash, 409));
         assert!(msg.contains(APP_MOUNT_PATH_KEY), "{msg}");
@@ -786,7 +901,9 @@ mod tests {
     fn patch_adds_missing_containers_whole_and_appends_to_existing() {
         let pod = json!({"metadata": {"name": "p", "labels": {INJECT_KEY: "true"}},
                          "spec": {"containers": [{"name": "a", "image": "x"}]}});
-        let Decision::Inject { injection, .. } = decide_json(&pod, Policy::Disabled) else { panic!() };
+        let Decision::Inject { injection, .. } = decide_json(&pod, Policy::Disabled) else {
+            panic!()
+        };
         let paths: Vec<String> = injection
             .patch
             .0
@@ -798,12 +915,22 @@ mod tests {
             .collect();
         assert_eq!(
             paths,
-            ["/spec/volumes", "/spec/containers/-", "/spec/containers/0/volumeMounts", "/metadata/annotations"]
+            [
+                "/spec/volumes",
+                "/spec/containers/-",
+                "/spec/containers/0/volumeMounts",
+                "/metadata/annotations"
+            ]
         );
         let pod = opted_in(json!({}));
-        let Decision::Inject { injection, .. } = decide_json(&pod, Policy::Disabled) else { panic!() };
+        let Decision::Inject { injection, .. } = decide_json(&pod, Policy::Disabled) else {
+            panic!()
+        };
         let last = serde_json::to_value(injection.patch.0.last().unwrap()).unwrap();
-        assert_eq!(last["path"], "/metadata/annotations/sidecar-injector.io~1status");
+        assert_eq!(
+            last["path"],
+            "/metadata/annotations/sidecar-injector.io~1status"
+        );
     }
 
     #[test]

@@ -67,9 +67,9 @@ fn process(doc: &mut Value, policy: Policy, config: &Config, report: &mut Report
     };
     let who = label(doc, &kind);
     let Some(template) = doc.pointer_mut(pointer) else {
-        report
-            .denials
-            .push(format!("{who}: bad-object: it has no pod template at {pointer}"));
+        report.denials.push(format!(
+            "{who}: bad-object: it has no pod template at {pointer}"
+        ));
         return;
     };
     let pod: Pod = match Pod::deserialize(&*template) {
@@ -114,7 +114,9 @@ pub fn inject(text: &str, policy: Policy, config: &Config) -> Result<Report, Man
         if !out.is_empty() {
             out.push_str("---\n");
         }
-        out.push_str(&serde_yaml::to_string(doc).map_err(|e| ManifestError::Render(e.to_string()))?);
+        out.push_str(
+            &serde_yaml::to_string(doc).map_err(|e| ManifestError::Render(e.to_string()))?,
+        );
     }
     report.output = out;
     Ok(report)

@@ -50,10 +50,9 @@ pub struct Metrics {
 fn outcome_of(reason: Reason) -> Outcome {
     match reason {
         Reason::BadRequest | Reason::TooLarge => Outcome::Error,
-        Reason::NotAPodCreate
-        | Reason::AlreadyInjected
-        | Reason::OptedOut
-        | Reason::NotOptedIn => Outcome::Skipped,
+        Reason::NotAPodCreate | Reason::AlreadyInjected | Reason::OptedOut | Reason::NotOptedIn => {
+            Outcome::Skipped
+        }
         Reason::BadObject
         | Reason::BadAnnotation
         | Reason::UnknownProfile
@@ -98,19 +97,21 @@ impl Metrics {
             cert_expiry.clone(),
         );
         for reason in Reason::ALL {
-            requests.get_or_create(&RequestLabels {
-                outcome: outcome_of(reason).as_str(),
-                reason: reason.as_str(),
-            })
-            .inc_by(0);
+            requests
+                .get_or_create(&RequestLabels {
+                    outcome: outcome_of(reason).as_str(),
+                    reason: reason.as_str(),
+                })
+                .inc_by(0);
         }
         for kind in [ReloadKind::Certificate, ReloadKind::Config] {
             for result in ["success", "failure"] {
-                reloads.get_or_create(&ReloadLabels {
-                    kind: kind.as_str(),
-                    result,
-                })
-                .inc_by(0);
+                reloads
+                    .get_or_create(&ReloadLabels {
+                        kind: kind.as_str(),
+                        result,
+                    })
+                    .inc_by(0);
             }
         }
         Metrics {
@@ -172,7 +173,9 @@ mod tests {
             "sidecar_injector_admission_requests_total{outcome=\"error\",reason=\"too-large\"} 0"
         ));
         assert!(text.contains("sidecar_injector_admission_duration_seconds_count 1"));
-        assert!(text.contains("sidecar_injector_reloads_total{kind=\"config\",result=\"failure\"} 1"));
+        assert!(
+            text.contains("sidecar_injector_reloads_total{kind=\"config\",result=\"failure\"} 1")
+        );
         assert!(text.contains("sidecar_injector_certificate_expiry_timestamp_seconds 1900000000"));
     }
 }

@@ -108,9 +108,9 @@ async fn poll_loop(
     interval: Duration,
     remember: bool,
 ) {
-    let mut cert = sources.cert.map(|(c, k, seen)| {
-        Watch::new(vec![c, k], remember.then_some(seen))
-    });
+    let mut cert = sources
+        .cert
+        .map(|(c, k, seen)| Watch::new(vec![c, k], remember.then_some(seen)));
     let mut config = sources.config.map(|(p, seen)| {
         let origin = p.display().to_string();
         (Watch::new(vec![p], remember.then(|| vec![seen])), origin)
@@ -172,7 +172,10 @@ mod tests {
         assert!(matches!(w.poll(), Some(Err(_))));
         assert!(w.poll().is_none());
         std::fs::write(&p, "b").unwrap();
-        assert!(w.poll().is_none(), "same content as before the error: no reload");
+        assert!(
+            w.poll().is_none(),
+            "same content as before the error: no reload"
+        );
     }
 
     #[test]

@@ -43,7 +43,9 @@ pub enum LogFormat {
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
-    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if v.is_finite() && v > 0.0 && v < 86_400.0 {
         Ok(Duration::from_secs_f64(v))
     } else {
@@ -83,12 +85,21 @@ pub struct ServeArgs {
     #[arg(long, env = "SIDECAR_INJECTOR_ADDR", default_value = "0.0.0.0:8443")]
     pub addr: SocketAddr,
     /// Address of the plain-HTTP /metrics, /healthz and /readyz listener.
-    #[arg(long, env = "SIDECAR_INJECTOR_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    #[arg(
+        long,
+        env = "SIDECAR_INJECTOR_METRICS_ADDR",
+        default_value = "0.0.0.0:9090"
+    )]
     pub metrics_addr: SocketAddr,
     /// In-memory self-signed certificate for localhost/127.0.0.1: no files needed.
     #[arg(long, env = "SIDECAR_INJECTOR_DEV")]
     pub dev: bool,
-    #[arg(long, env = "SIDECAR_INJECTOR_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "SIDECAR_INJECTOR_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -131,8 +142,7 @@ impl AppState {
 /// The one place where a bad request becomes an HTTP answer.
 impl IntoResponse for RequestError {
     fn into_response(self) -> Response {
-        let status =
-            StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        let status = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
         (
             status,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -145,7 +155,10 @@ impl IntoResponse for RequestError {
 /// `policy` from the query string: absent means disabled; anything but exactly `enabled` or
 /// `disabled` (an empty or repeated value included) is a bad request. `path` is the policy of
 /// the `/mutate/enabled` and `/mutate/disabled` routes, which a query may not contradict.
-pub fn policy_from_query(query: Option<&str>, path: Option<Policy>) -> Result<Policy, RequestError> {
+pub fn policy_from_query(
+    query: Option<&str>,
+    path: Option<Policy>,
+) -> Result<Policy, RequestError> {
     let mut policy = None;
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -162,7 +175,9 @@ pub fn policy_from_query(query: Option<&str>, path: Option<Policy>) -> Result<Po
             }
         };
         if policy.replace(parsed).is_some() {
-            return Err(RequestError::BadRequest("policy is given more than once".into()));
+            return Err(RequestError::BadRequest(
+                "policy is given more than once".into(),
+            ));
         }
     }
     match (path, policy) {
@@ -487,8 +502,7 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
         let service = TowerToHyperService::new(app.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-            {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(error)) => {
                     tracing::debug!(%error, %peer, "TLS handshake failed");
@@ -534,13 +548,31 @@ mod tests {
     #[test]
     fn policy_query_values() {
         assert_eq!(policy_from_query(None, None).unwrap(), Policy::Disabled);
-        assert_eq!(policy_from_query(Some("policy=enabled"), None).unwrap(), Policy::Enabled);
-        assert_eq!(policy_from_query(Some("timeout=10s&policy=disabled"), None).unwrap(), Policy::Disabled);
-        for q in ["policy=", "policy", "policy=Enabled", "policy=on", "policy=enabled&policy=enabled"] {
+        assert_eq!(
+            policy_from_query(Some("policy=enabled"), None).unwrap(),
+            Policy::Enabled
+        );
+        assert_eq!(
+            policy_from_query(Some("timeout=10s&policy=disabled"), None).unwrap(),
+            Policy::Disabled
+        );
+        for q in [
+            "policy=",
+            "policy",
+            "policy=Enabled",
+            "policy=on",
+            "policy=enabled&policy=enabled",
+        ] {
             assert!(policy_from_query(Some(q), None).is_err(), "{q}");
         }
-        assert_eq!(policy_from_query(None, Some(Policy::Enabled)).unwrap(), Policy::Enabled);
-        assert_eq!(policy_from_query(Some("policy=enabled"), Some(Policy::Enabled)).unwrap(), Policy::Enabled);
+        assert_eq!(
+            policy_from_query(None, Some(Policy::Enabled)).unwrap(),
+            Policy::Enabled
+        );
+        assert_eq!(
+            policy_from_query(Some("policy=enabled"), Some(Policy::Enabled)).unwrap(),
+            Policy::Enabled
+        );
         assert!(policy_from_query(Some("policy=disabled"), Some(Policy::Enabled)).is_err());
     }
 
@@ -560,36 +592,60 @@ mod tests {
     async fn router_answers_review_bytes_and_errors() {
         let (state, app) = app();
         let body = std::fs::read("tests/fixtures/reviews/classic-shared-volume.json").unwrap();
-        let expected = review(&body, Policy::Disabled, &state.config()).unwrap().body;
+        let expected = review(&body, Policy::Disabled, &state.config())
+            .unwrap()
+            .body;
         let req = Request::post("/mutate").body(Body::from(body)).unwrap();
         let (status, got) = call(app.clone(), req).await;
         assert_eq!((status, got), (StatusCode::OK, expected));
 
-        let req = Request::post("/mutate?policy=bogus").body(Body::from("{}")).unwrap();
+        let req = Request::post("/mutate?policy=bogus")
+            .body(Body::from("{}"))
+            .unwrap();
         let (status, got) = call(app.clone(), req).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(got.iter().filter(|b| **b == b'\n').count(), 1, "one line");
 
-        let req = Request::post("/mutate").body(Body::from(vec![b' '; MAX_BODY_BYTES + 1])).unwrap();
-        assert_eq!(call(app.clone(), req).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+        let req = Request::post("/mutate")
+            .body(Body::from(vec![b' '; MAX_BODY_BYTES + 1]))
+            .unwrap();
+        assert_eq!(
+            call(app.clone(), req).await.0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
 
         let body = std::fs::read("tests/fixtures/reviews/bare-pod-not-opted-in.json").unwrap();
-        let enabled = review(&body, Policy::Enabled, &state.config()).unwrap().body;
-        let req = Request::post("/mutate/enabled").body(Body::from(body.clone())).unwrap();
+        let enabled = review(&body, Policy::Enabled, &state.config())
+            .unwrap()
+            .body;
+        let req = Request::post("/mutate/enabled")
+            .body(Body::from(body.clone()))
+            .unwrap();
         assert_eq!(call(app.clone(), req).await, (StatusCode::OK, enabled));
-        let req = Request::post("/mutate/bogus").body(Body::from(body)).unwrap();
+        let req = Request::post("/mutate/bogus")
+            .body(Body::from(body))
+            .unwrap();
         assert_eq!(call(app.clone(), req).await.0, StatusCode::BAD_REQUEST);
 
         let text = state.metrics.encode();
-        assert!(text.contains("outcome=\"error\",reason=\"too-large\"} 1"), "{text}");
-        assert!(text.contains("outcome=\"error\",reason=\"bad-request\"} 2"), "{text}");
+        assert!(
+            text.contains("outcome=\"error\",reason=\"too-large\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("outcome=\"error\",reason=\"bad-request\"} 2"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
     async fn readyz_follows_state_and_healthz_is_always_ok() {
         let (state, app) = app();
         let get = |p: &str| Request::get(p).body(Body::empty()).unwrap();
-        assert_eq!(call(app.clone(), get("/readyz")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            call(app.clone(), get("/readyz")).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         state.set_ready(true);
         assert_eq!(call(app.clone(), get("/readyz")).await.0, StatusCode::OK);
         assert_eq!(call(app.clone(), get("/healthz")).await.0, StatusCode::OK);

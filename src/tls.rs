@@ -45,10 +45,11 @@ pub fn load_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<Loaded, TlsError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::CertPem(e.to_string()))?;
     let leaf = certs.first().ok_or(TlsError::NoCertificate)?;
-    let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| TlsError::Validity(e.to_string()))?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(leaf).map_err(|e| TlsError::Validity(e.to_string()))?;
     let not_after = parsed.validity().not_after.timestamp();
-    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::KeyPem(e.to_string()))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::KeyPem(e.to_string()))?;
     let key = CertifiedKey::from_der(certs, key, &provider()).map_err(TlsError::Pair)?;
     Ok(Loaded {
         key: Arc::new(key),

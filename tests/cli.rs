@@ -51,15 +51,29 @@ fn review_policy_flag_matches_the_query() {
     let body = std::fs::read(fixture("reviews/bare-pod-not-opted-in.json")).unwrap();
     let out = run(&["review", "--policy", "enabled"], &body);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["response"]["auditAnnotations"]["reason"], "namespace-enabled");
+    assert_eq!(
+        v["response"]["auditAnnotations"]["reason"],
+        "namespace-enabled"
+    );
     let out = run(&["review", "--policy", "bogus"], &body);
     assert_eq!(out.status.code(), Some(2), "clap usage error");
 }
 
 #[test]
 fn inject_uses_only_the_pod_template_metadata() {
-    let out = run(&["inject", "-f", fixture("manifests/deployment.yaml").to_str().unwrap()], b"");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(
+        &[
+            "inject",
+            "-f",
+            fixture("manifests/deployment.yaml").to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let docs = yaml_docs(&String::from_utf8(out.stdout).unwrap());
     assert_eq!(docs.len(), 1);
     let names: Vec<&str> = docs[0]["spec"]["template"]["spec"]["containers"]
@@ -69,18 +83,38 @@ fn inject_uses_only_the_pod_template_metadata() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["web", "sidecar", "log-tailer"]);
-    assert_eq!(docs[0]["metadata"]["annotations"]["sidecar-injector.io/inject"], "false");
+    assert_eq!(
+        docs[0]["metadata"]["annotations"]["sidecar-injector.io/inject"],
+        "false"
+    );
 }
 
 #[test]
 fn inject_handles_every_workload_kind_and_says_why_not() {
-    let out = run(&["inject", "-f", fixture("manifests/mixed.yaml").to_str().unwrap()], b"");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(
+        &[
+            "inject",
+            "-f",
+            fixture("manifests/mixed.yaml").to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert_eq!(stderr, "StatefulSet/db: not-opted-in\nJob/once: opted-out\n");
+    assert_eq!(
+        stderr,
+        "StatefulSet/db: not-opted-in\nJob/once: opted-out\n"
+    );
     let docs = yaml_docs(&String::from_utf8(out.stdout).unwrap());
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["Service", "CronJob", "StatefulSet", "Job", "DaemonSet"]);
+    assert_eq!(
+        kinds,
+        ["Service", "CronJob", "StatefulSet", "Job", "DaemonSet"]
+    );
     let original = yaml_docs(&std::fs::read_to_string(fixture("manifests/mixed.yaml")).unwrap());
     assert_eq!(docs[0], original[0], "other kinds pass through unchanged");
     assert_eq!(docs[2], original[2], "not opted in: unchanged");
@@ -91,10 +125,19 @@ fn inject_handles_every_workload_kind_and_says_why_not() {
 
     // With --policy enabled the StatefulSet is injected too; the opted-out Job still is not.
     let out = run(
-        &["inject", "--policy", "enabled", "-f", fixture("manifests/mixed.yaml").to_str().unwrap()],
+        &[
+            "inject",
+            "--policy",
+            "enabled",
+            "-f",
+            fixture("manifests/mixed.yaml").to_str().unwrap(),
+        ],
         b"",
     );
-    assert_eq!(String::from_utf8(out.stderr).unwrap(), "Job/once: opted-out\n");
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "Job/once: opted-out\n"
+    );
 
     // The output validates strictly, and injecting it again changes nothing.
     let dir = tempfile::tempdir().unwrap();
@@ -105,21 +148,37 @@ fn inject_handles_every_workload_kind_and_says_why_not() {
         files.push(f);
     }
     validate_strict(&files).unwrap();
-    let first = run(&["inject", "-f", fixture("manifests/mixed.yaml").to_str().unwrap()], b"");
+    let first = run(
+        &[
+            "inject",
+            "-f",
+            fixture("manifests/mixed.yaml").to_str().unwrap(),
+        ],
+        b"",
+    );
     let second = run(&["inject"], &first.stdout);
     assert_eq!(first.stdout, second.stdout);
 }
 
 #[test]
 fn inject_denial_prints_nothing_and_names_each_denied_document() {
-    let out = run(&["inject", "-f", fixture("manifests/denied.yaml").to_str().unwrap()], b"");
+    let out = run(
+        &[
+            "inject",
+            "-f",
+            fixture("manifests/denied.yaml").to_str().unwrap(),
+        ],
+        b"",
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8(out.stderr).unwrap();
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 2, "{stderr}");
     assert!(lines[0].starts_with("ReplicaSet/typo: annotation sidecar-injector.io/inject"));
-    assert!(lines[1].starts_with("Pod/clash: annotation sidecar-injector.io/profiles: unknown profile \"tracing\""));
+    assert!(lines[1].starts_with(
+        "Pod/clash: annotation sidecar-injector.io/profiles: unknown profile \"tracing\""
+    ));
 }
 
 #[test]
@@ -147,9 +206,16 @@ fn config_flag_applies_to_offline_commands_and_bad_config_fails_with_line() {
     let out = run(&["review", "--config", cfg.to_str().unwrap()], &body);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     let patch = String::from_utf8(patch_of(&v).unwrap()).unwrap();
-    assert!(patch.contains("\"debugger\"") && !patch.contains("shared-data"), "{patch}");
+    assert!(
+        patch.contains("\"debugger\"") && !patch.contains("shared-data"),
+        "{patch}"
+    );
 
-    std::fs::write(&cfg, "defaultProfiles: [a]\nprofiles:\n  a:\n    containers: oops\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "defaultProfiles: [a]\nprofiles:\n  a:\n    containers: oops\n",
+    )
+    .unwrap();
     let out = run(&["review", "--config", cfg.to_str().unwrap()], &body);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
@@ -160,15 +226,29 @@ fn config_flag_applies_to_offline_commands_and_bad_config_fails_with_line() {
 fn certs_writes_ca_cert_and_private_key() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(
-        &["certs", "--out", dir.path().to_str().unwrap(), "--dns", "svc.ns.svc", "127.0.0.1"],
+        &[
+            "certs",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--dns",
+            "svc.ns.svc",
+            "127.0.0.1",
+        ],
         b"",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for f in ["ca.crt", "tls.crt", "tls.key"] {
         assert!(dir.path().join(f).exists(), "{f}");
     }
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.path().join("tls.key")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dir.path().join("tls.key"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o077, 0, "key is private");
 }
 

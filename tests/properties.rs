@@ -13,9 +13,9 @@ use sidecar_injector::inject::Policy;
 /// elements in order (and may only grow at the end).
 fn preserved(orig: &Value, new: &Value) -> bool {
     match (orig, new) {
-        (Value::Object(a), Value::Object(b)) => {
-            a.iter().all(|(k, v)| b.get(k).is_some_and(|w| preserved(v, w)))
-        }
+        (Value::Object(a), Value::Object(b)) => a
+            .iter()
+            .all(|(k, v)| b.get(k).is_some_and(|w| preserved(v, w))),
         (Value::Array(a), Value::Array(b)) => {
             a.len() <= b.len() && a.iter().zip(b).all(|(v, w)| preserved(v, w))
         }

@@ -39,7 +39,14 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("listening") {
-                    let addr = line.split("addr=").nth(1).unwrap_or("").split(' ').next().unwrap_or("").to_string();
+                    let addr = line
+                        .split("addr=")
+                        .nth(1)
+                        .unwrap_or("")
+                        .split(' ')
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
                     let _ = tx.send((line.contains("webhook"), addr));
                 }
                 sink.lock().unwrap().push(line);
@@ -50,9 +57,18 @@ impl Server {
             let (webhook, a) = rx
                 .recv_timeout(Duration::from_secs(20))
                 .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
-            if webhook { addr = a } else { metrics = a }
+            if webhook {
+                addr = a
+            } else {
+                metrics = a
+            }
         }
-        Server { child, addr, metrics, log }
+        Server {
+            child,
+            addr,
+            metrics,
+            log,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -68,7 +84,10 @@ impl Server {
     }
 
     fn sigterm(&self) {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
     }
 }
 
@@ -80,7 +99,10 @@ impl Drop for Server {
 }
 
 fn get_plain(url: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
 }
 
@@ -91,9 +113,22 @@ struct Certs {
 
 fn make_certs() -> Certs {
     let dir = tempfile::tempdir().unwrap();
-    let out = run(&["certs", "--out", dir.path().to_str().unwrap(), "--dns", "localhost", "127.0.0.1"], b"");
+    let out = run(
+        &[
+            "certs",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--dns",
+            "localhost",
+            "127.0.0.1",
+        ],
+        b"",
+    );
     assert!(out.status.success());
-    Certs { path: dir.path().to_path_buf(), _dir: dir }
+    Certs {
+        path: dir.path().to_path_buf(),
+        _dir: dir,
+    }
 }
 
 fn client(ca: &Path, h2: bool) -> reqwest::Client {
@@ -103,23 +138,44 @@ fn client(ca: &Path, h2: bool) -> reqwest::Client {
         .tls_built_in_root_certs(false)
         .add_root_certificate(ca)
         .timeout(Duration::from_secs(20));
-    if h2 { b.http2_prior_knowledge() } else { b.http1_only() }.build().unwrap()
+    if h2 {
+        b.http2_prior_knowledge()
+    } else {
+        b.http1_only()
+    }
+    .build()
+    .unwrap()
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
-async fn post(c: &reqwest::Client, url: &str, body: Vec<u8>) -> Result<(u16, Vec<u8>, reqwest::Version), reqwest::Error> {
-    let res = c.post(url).header("content-type", "application/json").body(body).send().await?;
+async fn post(
+    c: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>, reqwest::Version), reqwest::Error> {
+    let res = c
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
     let (status, version) = (res.status().as_u16(), res.version());
     Ok((status, res.bytes().await?.to_vec(), version))
 }
 
 fn tls_args(certs: &Certs) -> Vec<String> {
     vec![
-        "--tls-cert".into(), certs.path.join("tls.crt").display().to_string(),
-        "--tls-key".into(), certs.path.join("tls.key").display().to_string(),
+        "--tls-cert".into(),
+        certs.path.join("tls.crt").display().to_string(),
+        "--tls-key".into(),
+        certs.path.join("tls.key").display().to_string(),
     ]
 }
 
@@ -127,7 +183,12 @@ fn fixtures() -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<_> = std::fs::read_dir(fixture("reviews"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .map(|p| (p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     v.sort();
     v
@@ -144,14 +205,32 @@ fn h2_and_h1_answers_are_the_bytes_of_review() {
             for (name, body) in fixtures() {
                 for policy in ["disabled", "enabled"] {
                     let expected = run(&["review", "--policy", policy], &body).stdout;
-                    let (status, got, version) =
-                        post(&c, &server.url(&format!("/mutate?policy={policy}")), body.clone()).await.unwrap();
+                    let (status, got, version) = post(
+                        &c,
+                        &server.url(&format!("/mutate?policy={policy}")),
+                        body.clone(),
+                    )
+                    .await
+                    .unwrap();
                     assert_eq!(status, 200, "{name}");
-                    assert_eq!(version, if h2 { reqwest::Version::HTTP_2 } else { reqwest::Version::HTTP_11 });
-                    assert_eq!(String::from_utf8(got).unwrap(), String::from_utf8(expected).unwrap(), "{name} {policy}");
+                    assert_eq!(
+                        version,
+                        if h2 {
+                            reqwest::Version::HTTP_2
+                        } else {
+                            reqwest::Version::HTTP_11
+                        }
+                    );
+                    assert_eq!(
+                        String::from_utf8(got).unwrap(),
+                        String::from_utf8(expected).unwrap(),
+                        "{name} {policy}"
+                    );
                 }
             }
-            let (status, ..) = post(&c, &server.url("/mutate"), fixtures()[0].1.clone()).await.unwrap();
+            let (status, ..) = post(&c, &server.url("/mutate"), fixtures()[0].1.clone())
+                .await
+                .unwrap();
             assert_eq!(status, 200);
             let res = c.get(server.url("/readyz")).send().await.unwrap();
             assert_eq!(res.status(), 200);
@@ -161,7 +240,12 @@ fn h2_and_h1_answers_are_the_bytes_of_review() {
     });
     assert!(server.log_has("admission review") && server.log_has("reason=opted-in"));
     let m = server.metrics_text();
-    assert!(m.contains("sidecar_injector_admission_requests_total{outcome=\"injected\",reason=\"opted-in\"}"), "{m}");
+    assert!(
+        m.contains(
+            "sidecar_injector_admission_requests_total{outcome=\"injected\",reason=\"opted-in\"}"
+        ),
+        "{m}"
+    );
     assert!(m.contains("sidecar_injector_admission_duration_seconds_bucket"));
     assert!(m.contains("sidecar_injector_certificate_expiry_timestamp_seconds"));
 }
@@ -199,8 +283,14 @@ fn bad_input_gets_clear_answers_and_the_server_keeps_serving() {
         assert_eq!(v["response"]["auditAnnotations"]["reason"], "opted-in");
     });
     let m = server.metrics_text();
-    assert!(m.contains("outcome=\"error\",reason=\"bad-request\"} 6"), "{m}");
-    assert!(m.contains("outcome=\"error\",reason=\"too-large\"} 1"), "{m}");
+    assert!(
+        m.contains("outcome=\"error\",reason=\"bad-request\"} 6"),
+        "{m}"
+    );
+    assert!(
+        m.contains("outcome=\"error\",reason=\"too-large\"} 1"),
+        "{m}"
+    );
 }
 
 /// Writes a Secret-volume layout: tls.crt -> ..data/tls.crt, ..data -> ..<version>.
@@ -225,18 +315,34 @@ fn certificate_rotation_by_secret_symlink_swap_drops_nothing() {
     let (a, b) = (make_certs(), make_certs());
     let secret = tempfile::tempdir().unwrap();
     let read = |c: &Certs, f: &str| std::fs::read(c.path.join(f)).unwrap();
-    write_secret_version(secret.path(), "v1", &read(&a, "tls.crt"), &read(&a, "tls.key"));
+    write_secret_version(
+        secret.path(),
+        "v1",
+        &read(&a, "tls.crt"),
+        &read(&a, "tls.key"),
+    );
     let cert = secret.path().join("tls.crt").display().to_string();
     let key = secret.path().join("tls.key").display().to_string();
-    let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key, "--reload-interval", "0.1"]);
+    let server = Server::start(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--reload-interval",
+        "0.1",
+    ]);
     let body = std::fs::read(fixture("reviews/replicaset-pod.json")).unwrap();
 
     rt().block_on(async {
         // A client that trusts both CAs keeps posting, on kept-alive and on new connections.
         let both = {
-            let mut builder = reqwest::Client::builder().use_rustls_tls().tls_built_in_root_certs(false);
+            let mut builder = reqwest::Client::builder()
+                .use_rustls_tls()
+                .tls_built_in_root_certs(false);
             for c in [&a, &b] {
-                builder = builder.add_root_certificate(reqwest::Certificate::from_pem(&read(c, "ca.crt")).unwrap());
+                builder = builder.add_root_certificate(
+                    reqwest::Certificate::from_pem(&read(c, "ca.crt")).unwrap(),
+                );
             }
             builder.http2_prior_knowledge().build().unwrap()
         };
@@ -244,18 +350,28 @@ fn certificate_rotation_by_secret_symlink_swap_drops_nothing() {
         let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let mut tasks = Vec::new();
         for fresh in [false, true] {
-            let (both, stop, ok, failed, body, url) =
-                (both.clone(), stop.clone(), ok.clone(), failed.clone(), body.clone(), server.url("/mutate"));
+            let (both, stop, ok, failed, body, url) = (
+                both.clone(),
+                stop.clone(),
+                ok.clone(),
+                failed.clone(),
+                body.clone(),
+                server.url("/mutate"),
+            );
             let ca_a = read(&a, "ca.crt");
             let ca_b = read(&b, "ca.crt");
             tasks.push(tokio::spawn(async move {
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
                     let c = if fresh {
-                        reqwest::Client::builder().use_rustls_tls().tls_built_in_root_certs(false)
+                        reqwest::Client::builder()
+                            .use_rustls_tls()
+                            .tls_built_in_root_certs(false)
                             .add_root_certificate(reqwest::Certificate::from_pem(&ca_a).unwrap())
                             .add_root_certificate(reqwest::Certificate::from_pem(&ca_b).unwrap())
-                            .http2_prior_knowledge().build().unwrap()
+                            .http2_prior_knowledge()
+                            .build()
+                            .unwrap()
                     } else {
                         both.clone()
                     };
@@ -267,14 +383,27 @@ fn certificate_rotation_by_secret_symlink_swap_drops_nothing() {
             }));
         }
         let only_b = client(&b.path.join("ca.crt"), true);
-        assert!(post(&only_b, &server.url("/mutate"), body.clone()).await.is_err(), "B not served yet");
+        assert!(
+            post(&only_b, &server.url("/mutate"), body.clone())
+                .await
+                .is_err(),
+            "B not served yet"
+        );
 
         tokio::time::sleep(Duration::from_millis(300)).await;
-        write_secret_version(secret.path(), "v2", &read(&b, "tls.crt"), &read(&b, "tls.key"));
+        write_secret_version(
+            secret.path(),
+            "v2",
+            &read(&b, "tls.crt"),
+            &read(&b, "tls.key"),
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let fresh_b = client(&b.path.join("ca.crt"), true);
-            if post(&fresh_b, &server.url("/mutate"), body.clone()).await.is_ok() {
+            if post(&fresh_b, &server.url("/mutate"), body.clone())
+                .await
+                .is_ok()
+            {
                 break;
             }
             assert!(Instant::now() < deadline, "new certificate never served");
@@ -282,24 +411,49 @@ fn certificate_rotation_by_secret_symlink_swap_drops_nothing() {
         }
 
         // A broken pair (B's certificate with A's key) is refused; B stays in force.
-        write_secret_version(secret.path(), "v3", &read(&b, "tls.crt"), &read(&a, "tls.key"));
+        write_secret_version(
+            secret.path(),
+            "v3",
+            &read(&b, "tls.crt"),
+            &read(&a, "tls.key"),
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
         let fresh_b = client(&b.path.join("ca.crt"), true);
-        assert_eq!(post(&fresh_b, &server.url("/mutate"), body.clone()).await.unwrap().0, 200);
+        assert_eq!(
+            post(&fresh_b, &server.url("/mutate"), body.clone())
+                .await
+                .unwrap()
+                .0,
+            200
+        );
 
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.store(true, Ordering::SeqCst);
         for t in tasks {
             t.await.unwrap();
         }
-        assert_eq!(failed.load(Ordering::SeqCst), 0, "failed requests during rotation");
-        assert!(ok.load(Ordering::SeqCst) > 20, "too few requests: {}", ok.load(Ordering::SeqCst));
+        assert_eq!(
+            failed.load(Ordering::SeqCst),
+            0,
+            "failed requests during rotation"
+        );
+        assert!(
+            ok.load(Ordering::SeqCst) > 20,
+            "too few requests: {}",
+            ok.load(Ordering::SeqCst)
+        );
     });
     assert!(server.log_has("certificate reloaded"));
     assert!(server.log_has("certificate reload failed"));
     let m = server.metrics_text();
-    assert!(m.contains("sidecar_injector_reloads_total{kind=\"certificate\",result=\"success\"} 1"), "{m}");
-    assert!(m.contains("sidecar_injector_reloads_total{kind=\"certificate\",result=\"failure\"} 1"), "{m}");
+    assert!(
+        m.contains("sidecar_injector_reloads_total{kind=\"certificate\",result=\"success\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("sidecar_injector_reloads_total{kind=\"certificate\",result=\"failure\"} 1"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -312,7 +466,12 @@ fn config_reload_takes_good_files_and_keeps_the_old_one_on_bad() {
     };
     std::fs::write(&cfg, profile("first")).unwrap();
     let mut args = tls_args(&certs);
-    args.extend(["--config".into(), cfg.display().to_string(), "--reload-interval".into(), "0.1".into()]);
+    args.extend([
+        "--config".into(),
+        cfg.display().to_string(),
+        "--reload-interval".into(),
+        "0.1".into(),
+    ]);
     let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let c = client(&certs.path.join("ca.crt"), true);
     let body = std::fs::read(fixture("reviews/replicaset-pod.json")).unwrap();
@@ -322,21 +481,38 @@ fn config_reload_takes_good_files_and_keeps_the_old_one_on_bad() {
         String::from_utf8(patch_of(&v).unwrap()).unwrap()
     };
     rt().block_on(async {
-        assert!(sidecar(c.clone(), server.url("/mutate"), body.clone()).await.contains("\"first\""));
+        assert!(sidecar(c.clone(), server.url("/mutate"), body.clone())
+            .await
+            .contains("\"first\""));
         std::fs::write(&cfg, profile("second")).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !sidecar(c.clone(), server.url("/mutate"), body.clone()).await.contains("\"second\"") {
+        while !sidecar(c.clone(), server.url("/mutate"), body.clone())
+            .await
+            .contains("\"second\"")
+        {
             assert!(Instant::now() < deadline, "config never reloaded");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        std::fs::write(&cfg, "defaultProfiles: [p]\nprofiles: {p: {containers: [{name: x}]}}\n").unwrap();
+        std::fs::write(
+            &cfg,
+            "defaultProfiles: [p]\nprofiles: {p: {containers: [{name: x}]}}\n",
+        )
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(600)).await;
-        assert!(sidecar(c.clone(), server.url("/mutate"), body.clone()).await.contains("\"second\""));
+        assert!(sidecar(c.clone(), server.url("/mutate"), body.clone())
+            .await
+            .contains("\"second\""));
     });
     assert!(server.log_has("config reload failed"));
     let m = server.metrics_text();
-    assert!(m.contains("sidecar_injector_reloads_total{kind=\"config\",result=\"failure\"} 1"), "{m}");
-    assert!(m.contains("sidecar_injector_reloads_total{kind=\"config\",result=\"success\"} 1"), "{m}");
+    assert!(
+        m.contains("sidecar_injector_reloads_total{kind=\"config\",result=\"failure\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("sidecar_injector_reloads_total{kind=\"config\",result=\"success\"} 1"),
+        "{m}"
+    );
 }
 
 #[test]
@@ -360,17 +536,23 @@ fn mtls_refuses_clients_without_a_certificate_from_the_ca() {
     std::fs::write(dir.path().join("client-ca.crt"), client_ca.pem()).unwrap();
 
     let mut args = tls_args(&certs);
-    args.extend(["--client-ca".into(), dir.path().join("client-ca.crt").display().to_string()]);
+    args.extend([
+        "--client-ca".into(),
+        dir.path().join("client-ca.crt").display().to_string(),
+    ]);
     let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let body = std::fs::read(fixture("reviews/replicaset-pod.json")).unwrap();
     rt().block_on(async {
         let anonymous = client(&certs.path.join("ca.crt"), true);
-        assert!(post(&anonymous, &server.url("/mutate"), body.clone()).await.is_err());
+        assert!(post(&anonymous, &server.url("/mutate"), body.clone())
+            .await
+            .is_err());
         let identity = reqwest::Identity::from_pem(
             format!("{}{}", client_cert.pem(), client_key.serialize_pem()).as_bytes(),
         )
         .unwrap();
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.path.join("ca.crt")).unwrap()).unwrap();
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.path.join("ca.crt")).unwrap())
+            .unwrap();
         let authed = reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
@@ -379,10 +561,16 @@ fn mtls_refuses_clients_without_a_certificate_from_the_ca() {
             .http2_prior_knowledge()
             .build()
             .unwrap();
-        assert_eq!(post(&authed, &server.url("/mutate"), body).await.unwrap().0, 200);
+        assert_eq!(
+            post(&authed, &server.url("/mutate"), body).await.unwrap().0,
+            200
+        );
     });
     // Probes go to the metrics port, which needs no client certificate.
-    assert_eq!(get_plain(&format!("http://{}/readyz", server.metrics)), "ok\n");
+    assert_eq!(
+        get_plain(&format!("http://{}/readyz", server.metrics)),
+        "ok\n"
+    );
 }
 
 #[test]
@@ -399,13 +587,17 @@ fn sigterm_lets_in_flight_requests_finish_and_exits_0() {
         for i in 0..12 {
             let c = if i % 2 == 0 { c.clone() } else { h1.clone() };
             let url = server.url("/mutate");
-            let chunks: Vec<Vec<u8>> = body.chunks(body.len() / 5 + 1).map(<[u8]>::to_vec).collect();
+            let chunks: Vec<Vec<u8>> = body
+                .chunks(body.len() / 5 + 1)
+                .map(<[u8]>::to_vec)
+                .collect();
             inflight.push(tokio::spawn(async move {
-                let stream = futures_util::stream::unfold(chunks.into_iter(), |mut it| async move {
-                    let next = it.next()?;
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    Some((Ok::<_, std::io::Error>(next), it))
-                });
+                let stream =
+                    futures_util::stream::unfold(chunks.into_iter(), |mut it| async move {
+                        let next = it.next()?;
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        Some((Ok::<_, std::io::Error>(next), it))
+                    });
                 let res = c
                     .post(url)
                     .header("content-type", "application/json")
@@ -429,7 +621,10 @@ fn sigterm_lets_in_flight_requests_finish_and_exits_0() {
         if let Some(s) = server.child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status {status:?}");

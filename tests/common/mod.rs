@@ -53,7 +53,10 @@ pub fn apply_jsonpatch(object: &Value, patch: &[u8]) -> Result<Value, String> {
         "run `make test-deps`",
     );
     let dir = tempfile::tempdir().unwrap();
-    let (o, p) = (dir.path().join("object.json"), dir.path().join("patch.json"));
+    let (o, p) = (
+        dir.path().join("object.json"),
+        dir.path().join("patch.json"),
+    );
     std::fs::write(&o, serde_json::to_vec(object).unwrap()).unwrap();
     std::fs::write(&p, patch).unwrap();
     let out = Command::new(exe).arg(&o).arg(&p).output().unwrap();
@@ -98,7 +101,10 @@ pub fn patch_of(response: &Value) -> Option<Vec<u8>> {
 /// have yet when admission runs; give them one for validation only.
 pub fn named_for_validation(mut pod: Value) -> Value {
     if pod["metadata"].get("name").is_none() {
-        let base = pod["metadata"]["generateName"].as_str().unwrap_or("pod-").to_string();
+        let base = pod["metadata"]["generateName"]
+            .as_str()
+            .unwrap_or("pod-")
+            .to_string();
         pod["metadata"]["name"] = Value::String(format!("{base}x"));
     }
     pod

@@ -1,0 +1,51 @@
+# sidecar-injector: the everyday commands. `make run` and `make test` are all a new
+# machine needs (with a Rust toolchain); `make test` installs its own test tools.
+CARGO    ?= cargo
+BIN      := target/release/sidecar-injector
+IMAGE    ?= sidecar-injector:0.1.0
+KUBECTL  ?= kubectl
+
+.PHONY: build test test-deps run certs image deploy deploy-selfsigned undeploy bench fmt lint
+
+build:
+	$(CARGO) build --release --locked
+
+## test: lint, then every test (unit, fixtures, fidelity, properties, end-to-end, deploy).
+test: test-deps lint
+	$(CARGO) test --locked
+
+test-deps:
+	bash scripts/test-deps.sh
+
+## run: the webhook on https://127.0.0.1:8443 with an in-memory certificate, no files.
+run:
+	$(CARGO) run --release --locked -- serve --dev
+
+## certs: CA + serving certificate for the in-cluster Service, and the overlay in certs/.
+certs: build
+	BIN=$(BIN) bash scripts/selfsigned-overlay.sh certs
+
+image:
+	docker build -t $(IMAGE) .
+
+## deploy: with cert-manager installed in the cluster.
+deploy:
+	$(KUBECTL) apply -k deploy/cert-manager
+
+## deploy-selfsigned: no cert-manager; run `make certs` first.
+deploy-selfsigned:
+	@test -f certs/kustomization.yaml || { echo "run 'make certs' first" >&2; exit 1; }
+	$(KUBECTL) apply -k certs
+
+undeploy:
+	$(KUBECTL) delete --ignore-not-found -k deploy
+
+bench:
+	bash scripts/bench.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings

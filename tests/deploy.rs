@@ -1,0 +1,360 @@
+//! The deploy artifacts, checked with the real offline tools: kustomize renders every
+//! variant, every built-in object validates strictly, the webhook configuration has the
+//! fields the admission-webhook good practices ask for, its CEL selects the right pods, the
+//! examples inject cleanly, and the Dockerfile passes hadolint.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use serde::Deserialize;
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn kustomize(dir: &Path) -> Vec<Value> {
+    let out = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+        .args(["kustomize"])
+        .arg(dir)
+        .output()
+        .expect("kubectl: run `make test-deps`");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_yaml::Deserializer::from_slice(&out.stdout)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Validates every object whose schema Kubernetes ships (not cert-manager's CRDs).
+fn validate_builtin(objects: &[Value]) {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<PathBuf> = objects
+        .iter()
+        .filter(|o| {
+            !o["apiVersion"]
+                .as_str()
+                .unwrap()
+                .contains("cert-manager.io")
+        })
+        .enumerate()
+        .map(|(i, o)| {
+            let f = dir.path().join(format!("{i}.json"));
+            std::fs::write(&f, serde_json::to_vec(o).unwrap()).unwrap();
+            f
+        })
+        .collect();
+    validate_strict(&files).unwrap_or_else(|e| panic!("strict validation failed:\n{e}"));
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn selfsigned_overlay() -> (tempfile::TempDir, Vec<Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(root().join("scripts/selfsigned-overlay.sh"))
+        .arg(dir.path())
+        .env("BIN", bin())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let objects = kustomize(dir.path());
+    (dir, objects)
+}
+
+#[test]
+fn base_renders_and_validates_with_the_good_practices() {
+    let objects = kustomize(&root().join("deploy"));
+    validate_builtin(&objects);
+    let kinds: Vec<&str> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ConfigMap",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+        "MutatingWebhookConfiguration",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
+    }
+    let sa = find(&objects, "ServiceAccount")[0];
+    assert_eq!(sa["automountServiceAccountToken"], false);
+    let d = find(&objects, "Deployment")[0];
+    assert_eq!(d["metadata"]["namespace"], "sidecar-injector");
+    assert_eq!(d["spec"]["replicas"], 2);
+    let pod = &d["spec"]["template"]["spec"];
+    assert!(pod["topologySpreadConstraints"].is_array());
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        c["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert!(volumes
+        .iter()
+        .any(|v| v["secret"]["secretName"] == "sidecar-injector-tls"));
+    assert!(volumes
+        .iter()
+        .any(|v| v["configMap"]["name"] == "sidecar-injector-config"));
+    let svc = find(&objects, "Service")[0];
+    let ports = svc["spec"]["ports"].as_array().unwrap();
+    assert!(ports
+        .iter()
+        .any(|p| p["port"] == 443 && p["targetPort"] == "https"));
+    assert!(ports.iter().any(|p| p["port"] == 9090));
+    let cm = find(&objects, "ConfigMap")[0];
+    let embedded = std::fs::read_to_string(root().join("src/default-config.yaml")).unwrap();
+    assert_eq!(
+        cm["data"]["config.yaml"], embedded,
+        "deploy config drifted from the default"
+    );
+}
+
+#[test]
+fn webhook_configuration_selects_and_calls_as_documented() {
+    let objects = kustomize(&root().join("deploy"));
+    let mwc = find(&objects, "MutatingWebhookConfiguration")[0];
+    let hooks = mwc["webhooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 2);
+    for h in hooks {
+        assert_eq!(h["admissionReviewVersions"], serde_json::json!(["v1"]));
+        assert_eq!(h["sideEffects"], "None");
+        assert_eq!(h["reinvocationPolicy"], "IfNeeded");
+        assert!(h["timeoutSeconds"].as_i64().unwrap() <= 10);
+        assert!(h["failurePolicy"].is_string());
+        let rule = &h["rules"][0];
+        assert_eq!(rule["operations"], serde_json::json!(["CREATE"]));
+        assert_eq!(rule["resources"], serde_json::json!(["pods"]));
+        assert_eq!(rule["apiGroups"], serde_json::json!([""]));
+        assert_eq!(h["clientConfig"]["service"]["name"], "sidecar-injector");
+        assert_eq!(
+            h["clientConfig"]["service"]["namespace"],
+            "sidecar-injector"
+        );
+        // The apiserver's rule for service paths: DNS-subdomain segments, so no query.
+        let path = h["clientConfig"]["service"]["path"].as_str().unwrap();
+        assert!(path[1..].split('/').all(|s| !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')));
+    }
+    let ns = &hooks[0];
+    assert_eq!(ns["clientConfig"]["service"]["path"], "/mutate/enabled");
+    assert_eq!(
+        ns["namespaceSelector"]["matchLabels"]["sidecar-injector.io/injection"],
+        "enabled"
+    );
+    let pod = &hooks[1];
+    assert_eq!(pod["clientConfig"]["service"]["path"], "/mutate");
+    let exprs = pod["namespaceSelector"]["matchExpressions"]
+        .as_array()
+        .unwrap();
+    let excluded = |key: &str| -> Vec<String> {
+        exprs
+            .iter()
+            .find(|e| e["key"] == key && e["operator"] == "NotIn")
+            .map(|e| {
+                e["values"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(excluded("sidecar-injector.io/injection").contains(&"enabled".to_string()));
+    let names = excluded("kubernetes.io/metadata.name");
+    for ns in [
+        "kube-system",
+        "kube-public",
+        "kube-node-lease",
+        "sidecar-injector",
+    ] {
+        assert!(names.contains(&ns.to_string()), "{ns} not excluded");
+    }
+    assert!(!pod["matchConditions"].as_array().unwrap().is_empty());
+}
+
+/// Evaluates every matchCondition of the pod webhook the way the apiserver does (all must
+/// be true), with `object` bound to the pod.
+fn cel_selects(conditions: &[Value], pod: &Value) -> bool {
+    use cel_interpreter::{Context, Program, Value as Cel};
+    conditions.iter().all(|c| {
+        let expr = c["expression"].as_str().unwrap();
+        let program = Program::compile(expr).unwrap_or_else(|e| panic!("{expr}: {e:?}"));
+        let mut ctx = Context::default();
+        ctx.add_variable("object", pod.clone()).unwrap();
+        match program.execute(&ctx) {
+            Ok(Cel::Bool(b)) => b,
+            other => panic!("{expr} on {pod}: {other:?}"),
+        }
+    })
+}
+
+#[test]
+fn match_conditions_send_only_pods_with_the_opt_in_key() {
+    let objects = kustomize(&root().join("deploy"));
+    let mwc = find(&objects, "MutatingWebhookConfiguration")[0];
+    let conditions = mwc["webhooks"][1]["matchConditions"].as_array().unwrap();
+    let pod = |meta: Value| {
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+        "spec": {"containers": [{"name": "a", "image": "x"}]}})
+    };
+    let key = "sidecar-injector.io/inject";
+    assert!(cel_selects(
+        conditions,
+        &pod(serde_json::json!({"name": "p", "annotations": {key: "true"}}))
+    ));
+    assert!(cel_selects(
+        conditions,
+        &pod(serde_json::json!({"name": "p", "labels": {key: "true"}}))
+    ));
+    assert!(cel_selects(
+        conditions,
+        &pod(serde_json::json!({"name": "p", "annotations": {key: "yes"}}))
+    ));
+    assert!(!cel_selects(
+        conditions,
+        &pod(serde_json::json!({"name": "p"}))
+    ));
+    assert!(!cel_selects(
+        conditions,
+        &pod(
+            serde_json::json!({"name": "p", "labels": {"app": "x"}, "annotations": {"other": "true"}})
+        )
+    ));
+    for example in ["shared-volume-pod.yaml", "share-process-pod.yaml"] {
+        let text = std::fs::read_to_string(root().join("deploy/examples").join(example)).unwrap();
+        let pod: Value = serde_yaml::from_str(&text).unwrap();
+        assert!(cel_selects(conditions, &pod), "{example}");
+    }
+}
+
+#[test]
+fn cert_manager_overlay_wires_the_ca_injection() {
+    let objects = kustomize(&root().join("deploy/cert-manager"));
+    validate_builtin(&objects);
+    let mwc = find(&objects, "MutatingWebhookConfiguration")[0];
+    assert_eq!(
+        mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
+        "sidecar-injector/sidecar-injector-tls"
+    );
+    let certs = find(&objects, "Certificate");
+    let serving = certs
+        .iter()
+        .find(|c| c["metadata"]["name"] == "sidecar-injector-tls")
+        .unwrap();
+    assert_eq!(serving["spec"]["secretName"], "sidecar-injector-tls");
+    let dns: Vec<&str> = serving["spec"]["dnsNames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(dns.contains(&"sidecar-injector.sidecar-injector.svc"));
+    assert_eq!(find(&objects, "Issuer").len(), 2);
+}
+
+#[test]
+fn selfsigned_overlay_fills_secret_and_ca_bundle() {
+    use base64::Engine as _;
+    let (dir, objects) = selfsigned_overlay();
+    validate_builtin(&objects);
+    let secret = find(&objects, "Secret")[0];
+    assert_eq!(secret["metadata"]["name"], "sidecar-injector-tls");
+    assert_eq!(secret["metadata"]["namespace"], "sidecar-injector");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let ca = std::fs::read(dir.path().join("ca.crt")).unwrap();
+    let mwc = find(&objects, "MutatingWebhookConfiguration")[0];
+    for h in mwc["webhooks"].as_array().unwrap() {
+        let bundle = base64::engine::general_purpose::STANDARD
+            .decode(h["clientConfig"]["caBundle"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(bundle, ca);
+    }
+    // The pair in the Secret is one the server accepts.
+    let b64 = |k: &str| {
+        // kustomize wraps long base64 values over several lines
+        let text: String = secret["data"][k]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .unwrap()
+    };
+    sidecar_injector::tls::load_pair(&b64("tls.crt"), &b64("tls.key")).unwrap();
+}
+
+#[test]
+fn examples_inject_and_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for example in [
+        "shared-volume-pod.yaml",
+        "share-process-pod.yaml",
+        "deployment.yaml",
+        "namespace.yaml",
+    ] {
+        let path = root().join("deploy/examples").join(example);
+        let out = run(&["inject", "-f", path.to_str().unwrap()], b"");
+        assert!(
+            out.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: Value = serde_yaml::from_slice(&out.stdout).unwrap();
+        if doc["kind"] != "Namespace" {
+            let text = serde_json::to_string(&doc).unwrap();
+            assert!(
+                text.contains("sidecar-injector.io/status"),
+                "{example} was not injected"
+            );
+        }
+        let f = dir.path().join(format!("{example}.json"));
+        std::fs::write(&f, serde_json::to_vec(&doc).unwrap()).unwrap();
+        files.push(f);
+    }
+    validate_strict(&files).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn dockerfile_passes_hadolint() {
+    let out = Command::new(std::env::var("HADOLINT").unwrap_or_else(|_| "hadolint".into()))
+        .arg(root().join("Dockerfile"))
+        .output()
+        .expect("hadolint: run `make test-deps`");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
