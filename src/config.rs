@@ -130,8 +130,20 @@ impl Config {
     }
 }
 
+/// The object as JSON, `name` (and `image`) first so injected manifests read naturally.
 fn to_json<T: serde::Serialize>(what: &str, value: &T) -> Result<Value, String> {
-    serde_json::to_value(value).map_err(|e| format!("{what}: cannot encode: {e}"))
+    let value = serde_json::to_value(value).map_err(|e| format!("{what}: cannot encode: {e}"))?;
+    let Value::Object(mut map) = value else {
+        return Ok(value);
+    };
+    let mut ordered = serde_json::Map::new();
+    for key in ["name", "image"] {
+        if let Some(v) = map.shift_remove(key) {
+            ordered.insert(key.to_string(), v);
+        }
+    }
+    ordered.extend(map);
+    Ok(Value::Object(ordered))
 }
 
 fn compile(raw: RawConfig) -> Result<Config, String> {
