@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Load benchmark: this project's release server against ../shared/bench/ceiling (a no-op
+# axum + rustls server answering a fixed AdmissionReview) under the same h2load load,
+# HTTP/2 at 1, 8 and 64 concurrent streams, each measured ROUNDS times, alternating.
+# Prints one markdown table per round and the ratios project/ceiling. 127.0.0.1 only.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bench=${SHARED_DIR:-$root/../shared}/bench
+out=${BENCH_OUT:-$root/target/bench}
+rounds=${ROUNDS:-2}
+port=18443
+url=https://127.0.0.1:$port/mutate
+body=$bench/fixtures/pod-create-realistic.json
+mkdir -p "$out"
+
+command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
+(cd "$root" && cargo build --release --locked --quiet)
+CARGO_TARGET_DIR=$root/target/ceiling cargo build --release --quiet --manifest-path "$bench/ceiling/Cargo.toml"
+ours=$root/target/release/sidecar-injector
+ceiling=$root/target/ceiling/release/ceiling
+bash "$bench/gen-cert.sh" "$out/certs" >/dev/null
+
+srv=""
+stop() { [ -z "$srv" ] || { kill "$srv" 2>/dev/null || true; wait "$srv" 2>/dev/null || true; srv=""; }; }
+trap stop EXIT
+wait_port() {
+  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0; sleep 0.05; done
+  echo "bench.sh: server did not listen on $port" >&2; return 1
+}
+
+for round in $(seq "$rounds"); do
+  : >"$out/round$round.txt"
+  for server in project ceiling; do
+    if [ $server = project ]; then
+      start=$(date +%s%N)
+      RUST_LOG=warn "$ours" serve --addr 127.0.0.1:$port --metrics-addr 127.0.0.1:0 \
+        --tls-cert "$out/certs/tls.crt" --tls-key "$out/certs/tls.key" 2>/dev/null &
+      srv=$!
+      wait_port
+      echo "project ready in $(( ($(date +%s%N) - start) / 1000000 )) ms" >>"$out/ready.txt"
+    else
+      "$ceiling" --addr 127.0.0.1:$port --cert "$out/certs/tls.crt" --key "$out/certs/tls.key" 2>/dev/null &
+      srv=$!
+      wait_port
+    fi
+    bash "$bench/load.sh" "$url" "$body" --pid "$srv" --label "$server" | tee -a "$out/round$round.txt"
+    stop
+  done
+done
+
+echo
+python3 "$bench/table.py" "$out"/round*.txt
+echo
+python3 - "$out"/round*.txt <<'PY'
+import re, sys
+rows = {}
+for path in sys.argv[1:]:
+    for line in open(path):
+        m = re.match(r"^(\S+) proto=(\S+) conc=(\d+) (.*)$", line.strip())
+        if m:
+            kv = dict(p.split("=", 1) for p in m[4].split() if "=" in p)
+            rows.setdefault((int(m[3]), m[1]), []).append(kv)
+def avg(xs, k):
+    v = [float(x[k]) for x in xs if x.get(k) not in (None, "NA")]
+    return sum(v) / len(v) if v else float("nan")
+print("| conc | req/s ratio | p50 ratio | p99 ratio | CPU/req ratio | project peak RSS MiB |")
+print("|---|---|---|---|---|---|")
+for conc in sorted({c for c, _ in rows}):
+    p, c = rows.get((conc, "project"), []), rows.get((conc, "ceiling"), [])
+    r = lambda k: avg(p, k) / avg(c, k)
+    rss = max(float(x.get("vmhwm_kB", 0)) for x in p) / 1024
+    print(f"| {conc} | {r('req/s'):.2f} | {r('p50_ms'):.2f} | {r('p99_ms'):.2f} | {r('srv_cpu_us/req'):.2f} | {rss:.1f} |")
+PY
+cat "$out/ready.txt"
