@@ -8,13 +8,13 @@
 //! names in one place.
 
 use base64::Engine as _;
-use k8s_openapi::api::core::v1::Pod;
 use kube::core::admission::{META_API_VERSION_V1, META_KIND};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::inject::{decide, Decision, Policy, Reason};
+use crate::pod::PodView;
 
 /// Largest body accepted; a larger one is answered 413.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -165,31 +165,11 @@ fn status_reason(code: u16) -> &'static str {
     }
 }
 
-fn decode_pod(object: Option<&RawValue>) -> Result<Pod, String> {
-    let object = match object {
-        Some(o) if o.get() != "null" => o,
-        _ => return Err("the request has no pod object".into()),
-    };
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct TypeMeta<'a> {
-        #[serde(borrow)]
-        api_version: Option<std::borrow::Cow<'a, str>>,
-        #[serde(borrow)]
-        kind: Option<std::borrow::Cow<'a, str>>,
+fn decode_pod<'a>(object: Option<&'a RawValue>) -> Result<PodView<'a>, String> {
+    match object {
+        Some(o) if o.get() != "null" => PodView::parse(o.get()),
+        _ => Err("the request has no pod object".into()),
     }
-    let types: TypeMeta =
-        serde_json::from_str(object.get()).map_err(|e| format!("cannot decode the pod: {e}"))?;
-    if types.kind.as_deref().is_some_and(|k| k != "Pod")
-        || types.api_version.as_deref().is_some_and(|v| v != "v1")
-    {
-        return Err(format!(
-            "the object is a {}/{}, not a v1 Pod",
-            types.api_version.as_deref().unwrap_or(""),
-            types.kind.as_deref().unwrap_or("")
-        ));
-    }
-    serde_json::from_str(object.get()).map_err(|e| format!("cannot decode the pod: {e}"))
 }
 
 /// Reviews one AdmissionReview request body.
@@ -239,13 +219,8 @@ pub fn review(body: &[u8], policy: Policy, config: &Config) -> Result<Answer, Re
                 Vec::new(),
             ),
             Ok(pod) => {
-                if let Some(n) = pod
-                    .metadata
-                    .name
-                    .as_ref()
-                    .or(pod.metadata.generate_name.as_ref())
-                {
-                    pod_name = n.clone();
+                if let Some(n) = pod.display_name() {
+                    pod_name = n.to_string();
                 }
                 let d = decide(&pod, policy, config);
                 let profiles = match &d {

@@ -1,14 +1,12 @@
 //! The injection engine: given a Pod, the policy and the config, decide whether to inject,
 //! leave the pod unchanged or deny it, and build the minimal JSON patch. Pure: no I/O.
 
-use std::collections::BTreeMap;
-
 use json_patch::jsonptr::{PointerBuf, Token};
 use json_patch::{AddOperation, Patch, PatchOperation};
-use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::{json, Value};
 
 use crate::config::{Config, Named};
+use crate::pod::{PodView, Spec, StrMap};
 
 pub const INJECT_KEY: &str = "sidecar-injector.io/inject";
 pub const PROFILES_KEY: &str = "sidecar-injector.io/profiles";
@@ -237,30 +235,28 @@ fn clash_message(what: &str) -> String {
     format!("{what}; rename it, or opt this pod out with annotation {INJECT_KEY}: \"false\"")
 }
 
-fn all_container_names(pod_spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<&str> {
-    let init = pod_spec.init_containers.iter().flatten();
-    let eph = pod_spec
-        .ephemeral_containers
-        .iter()
+/// Every container name of the pod: names are unique across all three lists.
+fn all_container_names<'s>(spec: &'s Spec<'_>) -> Vec<&'s str> {
+    let others = [&spec.init_containers, &spec.ephemeral_containers]
+        .into_iter()
         .flatten()
-        .map(|c| c.name.as_str());
-    pod_spec
-        .containers
+        .flatten()
+        .map(|c| c.name.as_ref());
+    spec.containers
         .iter()
-        .chain(init)
-        .map(|c: &Container| c.name.as_str())
-        .chain(eph)
+        .map(|c| c.name.as_ref())
+        .chain(others)
         .collect()
 }
 
 /// Decides what to do with a pod CREATE. `pod` is the request object, already decoded.
-pub fn decide(pod: &Pod, policy: Policy, config: &Config) -> Decision {
+pub fn decide(pod: &PodView<'_>, policy: Policy, config: &Config) -> Decision {
     let Some(spec) = pod.spec.as_ref() else {
         return Decision::deny(Reason::BadObject, 400, "the pod has no spec".into());
     };
-    let empty = BTreeMap::new();
-    let annotations = pod.metadata.annotations.as_ref().unwrap_or(&empty);
-    let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    let empty = StrMap::default();
+    let annotations = pod.annotations().unwrap_or(&empty);
+    let labels = pod.labels().unwrap_or(&empty);
     if annotations.contains_key(STATUS_KEY) {
         return Decision::Unchanged(Reason::AlreadyInjected);
     }
@@ -294,9 +290,9 @@ fn bad_annotation(message: String) -> Denial {
 
 /// Checks the other keys and builds the patch for a pod that will be injected.
 fn plan(
-    pod: &Pod,
-    spec: &k8s_openapi::api::core::v1::PodSpec,
-    annotations: &BTreeMap<String, String>,
+    pod: &PodView<'_>,
+    spec: &Spec<'_>,
+    annotations: &StrMap<'_>,
     config: &Config,
 ) -> Result<Injection, Denial> {
     let profiles: Vec<&str> = match annotations.get(PROFILES_KEY) {
@@ -397,7 +393,12 @@ fn plan(
         }
     }
     for v in &volumes {
-        if spec.volumes.iter().flatten().any(|pv| pv.name == v.name) {
+        if spec
+            .volumes
+            .iter()
+            .flatten()
+            .any(|pv| pv.name == v.name.as_str())
+        {
             return Err((
                 Reason::NameClash,
                 409,
@@ -502,22 +503,20 @@ fn plan(
         "volumes": volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
     })
     .to_string();
-    if pod.metadata.annotations.is_some() {
-        ops.push(add(
-            ptr(["metadata", "annotations", STATUS_KEY]),
-            Value::String(status),
-        ));
-    } else if pod.metadata == Default::default() {
+    match &pod.metadata {
         // No metadata at all: `/metadata/annotations` would have no parent to go into.
-        ops.push(add(
+        None => ops.push(add(
             ptr(["metadata"]),
             json!({ "annotations": { STATUS_KEY: status } }),
-        ));
-    } else {
-        ops.push(add(
+        )),
+        Some(m) if m.annotations.is_none() => ops.push(add(
             ptr(["metadata", "annotations"]),
             json!({ STATUS_KEY: status }),
-        ));
+        )),
+        Some(_) => ops.push(add(
+            ptr(["metadata", "annotations", STATUS_KEY]),
+            Value::String(status),
+        )),
     }
 
     Ok(Injection {
@@ -556,8 +555,7 @@ mod tests {
     }
 
     fn decide_json(pod: &Value, policy: Policy) -> Decision {
-        let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
-        decide(&typed, policy, &config())
+        decide(&PodView::from_value(pod).unwrap(), policy, &config())
     }
 
     /// Applies the decision's patch; returns the patched pod.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod inject;
 pub mod manifest;
 pub mod metrics;
+pub mod pod;
 pub mod reload;
 pub mod server;
 pub mod tls;

@@ -2,12 +2,12 @@
 //! with the sidecars injected into every pod or pod template the rules select. Pure: text in,
 //! text out.
 
-use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::Config;
 use crate::inject::{decide, Decision, Policy};
+use crate::pod::PodView;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -72,16 +72,14 @@ fn process(doc: &mut Value, policy: Policy, config: &Config, report: &mut Report
         ));
         return;
     };
-    let pod: Pod = match Pod::deserialize(&*template) {
-        Ok(pod) => pod,
+    let decision = match PodView::from_value(template) {
+        Ok(pod) => decide(&pod, policy, config),
         Err(e) => {
-            report
-                .denials
-                .push(format!("{who}: bad-object: cannot decode the pod: {e}"));
+            report.denials.push(format!("{who}: {e}"));
             return;
         }
     };
-    match decide(&pod, policy, config) {
+    match decision {
         Decision::Unchanged(reason) => report.unchanged.push(format!("{who}: {}", reason.as_str())),
         Decision::Deny { message, .. } => report.denials.push(format!("{who}: {message}")),
         Decision::Inject { injection, .. } => {

@@ -141,6 +141,27 @@ proptest! {
         prop_assert_eq!(&again["response"]["auditAnnotations"]["reason"], "already-injected");
     }
 
+    /// The lean view (the hot path) against the full `k8s_openapi` Pod (the reference): it
+    /// accepts every pod the reference accepts and reads the same names.
+    #[test]
+    fn lean_view_agrees_with_the_typed_pod(pod in arb_pod()) {
+        let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
+        let text = serde_json::to_string(&pod).unwrap();
+        let lean = sidecar_injector::pod::PodView::parse(&text).unwrap();
+        let spec = lean.spec.as_ref().unwrap();
+        let typed_spec = typed.spec.as_ref().unwrap();
+        let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_ref()).collect();
+        let typed_names: Vec<&str> = typed_spec.containers.iter().map(|c| c.name.as_str()).collect();
+        prop_assert_eq!(names, typed_names);
+        prop_assert_eq!(spec.volumes.as_ref().map(Vec::len), typed_spec.volumes.as_ref().map(Vec::len));
+        prop_assert_eq!(spec.share_process_namespace, typed_spec.share_process_namespace);
+        prop_assert_eq!(lean.display_name(), typed.metadata.name.as_deref().or(typed.metadata.generate_name.as_deref()));
+        let ann = typed.metadata.annotations.unwrap_or_default();
+        for (k, v) in &ann {
+            prop_assert_eq!(lean.annotations().and_then(|a| a.get(k)), Some(v.as_str()));
+        }
+    }
+
     #[test]
     fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
         let config = Config::embedded().unwrap();
