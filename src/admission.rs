@@ -262,7 +262,7 @@ fn render(uid: &str, decision: &Decision) -> Vec<u8> {
         Decision::Unchanged(_) => {}
         Decision::Inject { injection, .. } => {
             // A patch never goes without its type (kube-core's `with_patch` rule).
-            let patch = serde_json::to_vec(&injection.patch).unwrap_or_default();
+            let patch = injection.patch_json();
             response.patch = Some(base64::engine::general_purpose::STANDARD.encode(patch));
             response.patch_type = Some("JSONPatch");
             response.warnings = &injection.warnings;

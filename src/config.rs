@@ -53,11 +53,27 @@ struct RawProfile {
     app_volume_mounts: Vec<VolumeMount>,
 }
 
-/// A named object of a profile, kept as the JSON that goes into the patch.
+/// A named object of a profile, with the JSON text that goes into the patch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Named {
     pub name: String,
-    pub json: Value,
+    pub text: String,
+}
+
+/// A sidecar container, in the four forms a pod can ask for (see [`Sidecar::text`]),
+/// serialized once here so that a review only copies bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sidecar {
+    pub name: String,
+    forms: [String; 4],
+}
+
+impl Sidecar {
+    /// The container's JSON: `native` adds `restartPolicy: Always` (a native sidecar in
+    /// initContainers); `ptrace` adds what the share-process-namespace row asks for.
+    pub fn text(&self, native: bool, ptrace: bool) -> &str {
+        &self.forms[usize::from(native) | usize::from(ptrace) << 1]
+    }
 }
 
 /// An app volume mount: the volume it mounts and where (before `app-mount-path` moves it).
@@ -66,12 +82,13 @@ pub struct AppMount {
     pub name: String,
     pub mount_path: String,
     pub json: Value,
+    pub text: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     pub volumes: Vec<Named>,
-    pub containers: Vec<Named>,
+    pub containers: Vec<Sidecar>,
     pub init_containers: Vec<Named>,
     pub app_volume_mounts: Vec<AppMount>,
 }
@@ -146,6 +163,52 @@ fn to_json<T: serde::Serialize>(what: &str, value: &T) -> Result<Value, String> 
     Ok(Value::Object(ordered))
 }
 
+fn object_entry<'a>(value: &'a mut Value, key: &str) -> Option<&'a mut Value> {
+    let map = value.as_object_mut()?;
+    Some(
+        map.entry(key)
+            .or_insert_with(|| Value::Object(Default::default())),
+    )
+}
+
+/// Lets a sidecar see and signal the app's processes (the SPEC's share-process row):
+/// `SYS_PTRACE` added to its capabilities (nothing dropped is given back), `stdin`, `tty`.
+fn grant_ptrace(container: &mut Value) {
+    if let Some(map) = container.as_object_mut() {
+        map.insert("stdin".into(), Value::Bool(true));
+        map.insert("tty".into(), Value::Bool(true));
+    }
+    let Some(caps) =
+        object_entry(container, "securityContext").and_then(|sc| object_entry(sc, "capabilities"))
+    else {
+        return;
+    };
+    let Some(caps) = caps.as_object_mut() else {
+        return;
+    };
+    let add = caps
+        .entry("add")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if let Some(list) = add.as_array_mut() {
+        if !list.iter().any(|c| c == "SYS_PTRACE") {
+            list.push(Value::String("SYS_PTRACE".into()));
+        }
+    }
+}
+
+fn sidecar_forms(json: &Value) -> [String; 4] {
+    std::array::from_fn(|i| {
+        let mut form = json.clone();
+        if i & 2 != 0 {
+            grant_ptrace(&mut form);
+        }
+        if let (true, Some(map)) = (i & 1 != 0, form.as_object_mut()) {
+            map.insert("restartPolicy".into(), Value::String("Always".into()));
+        }
+        form.to_string()
+    })
+}
+
 fn compile(raw: RawConfig) -> Result<Config, String> {
     if raw.profiles.is_empty() {
         return Err("profiles: at least one profile is required".into());
@@ -203,14 +266,14 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
             check_unique("volume", &v.name, &pname, &json)?;
             volumes.push(Named {
                 name: v.name.clone(),
-                json,
+                text: json.to_string(),
             });
         }
         let mut containers = Vec::new();
         let mut init_containers = Vec::new();
-        for (field, list, out) in [
-            ("containers", &p.containers, &mut containers),
-            ("initContainers", &p.init_containers, &mut init_containers),
+        for (field, list) in [
+            ("containers", &p.containers),
+            ("initContainers", &p.init_containers),
         ] {
             for c in list {
                 if c.name.is_empty() {
@@ -232,10 +295,16 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
                 }
                 let json = to_json(&at(field), c)?;
                 check_unique("container", &c.name, &pname, &json)?;
-                out.push(Named {
-                    name: c.name.clone(),
-                    json,
-                });
+                let name = c.name.clone();
+                if field == "containers" {
+                    let forms = sidecar_forms(&json);
+                    containers.push(Sidecar { name, forms });
+                } else {
+                    init_containers.push(Named {
+                        name,
+                        text: json.to_string(),
+                    });
+                }
             }
         }
         let mut app_volume_mounts = Vec::new();
@@ -251,6 +320,7 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
             app_volume_mounts.push(AppMount {
                 name: m.name.clone(),
                 mount_path: m.mount_path.clone(),
+                text: json.to_string(),
                 json,
             });
         }
@@ -283,17 +353,43 @@ mod tests {
         assert_eq!(c.profile_names(), "default, logging");
         let d = &c.profiles["default"];
         assert_eq!(d.containers[0].name, "sidecar");
-        assert_eq!(d.containers[0].json["image"], "busybox:1.36");
-        assert_eq!(
-            d.volumes[0].json,
-            serde_json::json!({"name":"shared-data","emptyDir":{}})
-        );
+        let plain: Value = serde_json::from_str(d.containers[0].text(false, false)).unwrap();
+        assert_eq!(plain["image"], "busybox:1.36");
+        assert_eq!(d.volumes[0].text, r#"{"name":"shared-data","emptyDir":{}}"#);
         assert_eq!(d.app_volume_mounts[0].mount_path, "/pod-data");
-        let sc = &d.containers[0].json["securityContext"];
+        let sc = &plain["securityContext"];
         assert_eq!(sc["allowPrivilegeEscalation"], false);
         assert_eq!(sc["privileged"], false);
         assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
         assert_eq!(c.profiles["logging"].containers[0].name, "log-tailer");
+    }
+
+    #[test]
+    fn sidecar_forms_add_only_what_each_form_asks_for() {
+        let c = Config::embedded().unwrap();
+        let s = &c.profiles["default"].containers[0];
+        let form = |n, p| serde_json::from_str::<Value>(s.text(n, p)).unwrap();
+        assert!(form(false, false).get("restartPolicy").is_none());
+        assert_eq!(form(true, false)["restartPolicy"], "Always");
+        let ptrace = form(false, true);
+        assert_eq!(
+            ptrace["securityContext"]["capabilities"]["add"],
+            serde_json::json!(["SYS_PTRACE"])
+        );
+        assert_eq!(
+            ptrace["securityContext"]["capabilities"]["drop"],
+            serde_json::json!(["ALL"])
+        );
+        assert_eq!(
+            (ptrace["stdin"].clone(), ptrace["tty"].clone()),
+            (Value::Bool(true), Value::Bool(true))
+        );
+        let both = form(true, true);
+        assert_eq!(both["restartPolicy"], "Always");
+        assert_eq!(
+            both["securityContext"]["capabilities"]["add"],
+            serde_json::json!(["SYS_PTRACE"])
+        );
     }
 
     #[test]

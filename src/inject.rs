@@ -1,11 +1,12 @@
 //! The injection engine: given a Pod, the policy and the config, decide whether to inject,
 //! leave the pod unchanged or deny it, and build the minimal JSON patch. Pure: no I/O.
 
-use json_patch::jsonptr::{PointerBuf, Token};
-use json_patch::{AddOperation, Patch, PatchOperation};
-use serde_json::{json, Value};
+use std::borrow::Cow;
 
-use crate::config::{Config, Named};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::{Config, Named, Sidecar};
 use crate::pod::{PodView, Spec, StrMap};
 
 pub const INJECT_KEY: &str = "sidecar-injector.io/inject";
@@ -86,19 +87,53 @@ impl Reason {
     }
 }
 
+/// One JSON-patch `add`: a JSON pointer and the JSON text of the value, most often
+/// borrowed from the config, where it was serialized once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddOp<'c> {
+    pub path: String,
+    pub value: Cow<'c, str>,
+}
+
 /// What an injection adds.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Injection {
-    pub patch: Patch,
+pub struct Injection<'c> {
+    pub ops: Vec<AddOp<'c>>,
     pub warnings: Vec<String>,
     pub profiles: Vec<String>,
 }
 
+impl Injection<'_> {
+    /// The RFC 6902 patch, as JSON text.
+    pub fn patch_json(&self) -> String {
+        let size: usize = self
+            .ops
+            .iter()
+            .map(|o| o.path.len() + o.value.len() + 32)
+            .sum();
+        let mut out = String::with_capacity(size + 2);
+        out.push('[');
+        for (i, op) in self.ops.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            // Paths are built from our own tokens and indexes: nothing in them needs escaping.
+            out.push_str(r#"{"op":"add","path":""#);
+            out.push_str(&op.path);
+            out.push_str(r#"","value":"#);
+            out.push_str(&op.value);
+            out.push('}');
+        }
+        out.push(']');
+        out
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
+pub enum Decision<'c> {
     Inject {
         reason: Reason,
-        injection: Injection,
+        injection: Injection<'c>,
     },
     Unchanged(Reason),
     Deny {
@@ -108,7 +143,7 @@ pub enum Decision {
     },
 }
 
-impl Decision {
+impl Decision<'_> {
     pub fn reason(&self) -> Reason {
         match self {
             Decision::Inject { reason, .. }
@@ -117,7 +152,7 @@ impl Decision {
         }
     }
 
-    fn deny(reason: Reason, code: u16, message: String) -> Decision {
+    fn deny(reason: Reason, code: u16, message: String) -> Self {
         Decision::Deny {
             reason,
             code,
@@ -168,67 +203,64 @@ fn check_mount_path(value: &str) -> Result<&str, String> {
 
 /// Paths compare equal whatever their trailing slashes (`/app/` mounts where `/app` does).
 fn same_path(a: &str, b: &str) -> bool {
-    let trim = |p: &str| {
-        let t = p.trim_end_matches('/');
-        if t.is_empty() {
-            "/".to_string()
-        } else {
-            t.to_string()
+    fn trim(p: &str) -> &str {
+        match p.trim_end_matches('/') {
+            "" => "/",
+            t => t,
         }
-    };
+    }
     trim(a) == trim(b)
 }
 
-fn add(path: PointerBuf, value: Value) -> PatchOperation {
-    PatchOperation::Add(AddOperation { path, value })
-}
+/// `sidecar-injector.io/status` as a JSON-pointer token (`/` escaped as `~1`, RFC 6901).
+const STATUS_PATH: &str = "/metadata/annotations/sidecar-injector.io~1status";
 
-fn ptr<'t>(tokens: impl IntoIterator<Item: Into<Token<'t>>>) -> PointerBuf {
-    PointerBuf::from_tokens(tokens)
+fn json_array<'c>(items: impl IntoIterator<Item = Cow<'c, str>>) -> String {
+    let mut out = String::from("[");
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&item);
+    }
+    out.push(']');
+    out
 }
 
 /// Appends `items` to the array at `base`: one add of the whole array when the pod has none,
 /// else one `/-` add per item, so nothing the pod has is replaced or reordered.
-fn append_all(ops: &mut Vec<PatchOperation>, base: &[&str], exists: bool, items: Vec<Value>) {
+fn append_all<'c>(ops: &mut Vec<AddOp<'c>>, base: &str, exists: bool, items: Vec<Cow<'c, str>>) {
     if items.is_empty() {
         return;
     }
     if exists {
-        for item in items {
-            ops.push(add(ptr(base.iter().copied().chain(["-"])), item));
+        for value in items {
+            ops.push(AddOp {
+                path: format!("{base}/-"),
+                value,
+            });
         }
     } else {
-        ops.push(add(ptr(base.iter().copied()), Value::Array(items)));
+        ops.push(AddOp {
+            path: base.to_string(),
+            value: Cow::Owned(json_array(items)),
+        });
     }
 }
 
-fn object_entry<'a>(value: &'a mut Value, key: &str) -> Option<&'a mut Value> {
-    let map = value.as_object_mut()?;
-    Some(map.entry(key).or_insert_with(|| json!({})))
+/// The value of the status annotation: what was injected.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Status<'a> {
+    profiles: &'a [&'a str],
+    containers: Vec<&'a str>,
+    init_containers: Vec<&'a str>,
+    volumes: Vec<&'a str>,
 }
 
-/// Lets a sidecar see and signal the app's processes (the SPEC's share-process row).
-fn grant_ptrace(container: &mut Value) {
-    if let Some(map) = container.as_object_mut() {
-        map.insert("stdin".into(), Value::Bool(true));
-        map.insert("tty".into(), Value::Bool(true));
-    }
-    let Some(caps) =
-        object_entry(container, "securityContext").and_then(|sc| object_entry(sc, "capabilities"))
-    else {
-        return;
-    };
-    let Some(caps) = caps.as_object_mut() else {
-        return;
-    };
-    let add = caps
-        .entry("add")
-        .or_insert_with(|| Value::Array(Vec::new()));
-    if let Some(list) = add.as_array_mut() {
-        if !list.iter().any(|c| c == "SYS_PTRACE") {
-            list.push(Value::String("SYS_PTRACE".into()));
-        }
-    }
+fn to_json_text<T: Serialize>(value: &T) -> String {
+    // Strings and string lists always serialize.
+    serde_json::to_string(value).unwrap_or_default()
 }
 
 fn clash_message(what: &str) -> String {
@@ -250,7 +282,7 @@ fn all_container_names<'s>(spec: &'s Spec<'_>) -> Vec<&'s str> {
 }
 
 /// Decides what to do with a pod CREATE. `pod` is the request object, already decoded.
-pub fn decide(pod: &PodView<'_>, policy: Policy, config: &Config) -> Decision {
+pub fn decide<'c>(pod: &PodView<'_>, policy: Policy, config: &'c Config) -> Decision<'c> {
     let Some(spec) = pod.spec.as_ref() else {
         return Decision::deny(Reason::BadObject, 400, "the pod has no spec".into());
     };
@@ -289,12 +321,12 @@ fn bad_annotation(message: String) -> Denial {
 }
 
 /// Checks the other keys and builds the patch for a pod that will be injected.
-fn plan(
+fn plan<'c>(
     pod: &PodView<'_>,
     spec: &Spec<'_>,
     annotations: &StrMap<'_>,
-    config: &Config,
-) -> Result<Injection, Denial> {
+    config: &'c Config,
+) -> Result<Injection<'c>, Denial> {
     let profiles: Vec<&str> = match annotations.get(PROFILES_KEY) {
         Some(v) => parse_profiles(v).map_err(bad_annotation)?,
         None => config.default_profiles.iter().map(String::as_str).collect(),
@@ -343,8 +375,8 @@ fn plan(
     // What the profiles add, in list order; the config guarantees one definition per name.
     let mut volumes: Vec<&Named> = Vec::new();
     let mut init_containers: Vec<&Named> = Vec::new();
-    let mut sidecars: Vec<&Named> = Vec::new();
-    let mut mounts: Vec<(String, Value)> = Vec::new();
+    let mut sidecars: Vec<&Sidecar> = Vec::new();
+    let mut mounts: Vec<(&str, Cow<'c, str>)> = Vec::new();
     for p in &selected {
         for v in &p.volumes {
             if !volumes.iter().any(|x| x.name == v.name) {
@@ -362,32 +394,32 @@ fn plan(
             }
         }
         for m in &p.app_volume_mounts {
-            let (path, json) = match mount_path {
+            let mount = match mount_path {
                 Some(path) if m.name == SHARED_VOLUME => {
                     let mut json = m.json.clone();
                     if let Some(map) = json.as_object_mut() {
                         map.insert("mountPath".into(), Value::String(path.to_string()));
                     }
-                    (path.to_string(), json)
+                    (path, Cow::Owned(json.to_string()))
                 }
-                _ => (m.mount_path.clone(), m.json.clone()),
+                _ => (m.mount_path.as_str(), Cow::Borrowed(m.text.as_str())),
             };
-            if !mounts.iter().any(|(p, _)| same_path(p, &path)) {
-                mounts.push((path, json));
+            if !mounts.iter().any(|(p, _)| same_path(p, mount.0)) {
+                mounts.push(mount);
             }
         }
     }
 
     // Name clashes: a name we would add that the pod already has.
     let existing = all_container_names(spec);
-    for c in init_containers.iter().chain(&sidecars) {
-        if existing.contains(&c.name.as_str()) {
+    let new_names = init_containers.iter().map(|c| &c.name);
+    for name in new_names.chain(sidecars.iter().map(|c| &c.name)) {
+        if existing.contains(&name.as_str()) {
             return Err((
                 Reason::NameClash,
                 409,
                 clash_message(&format!(
-                    "the pod already has a container named {:?} that sidecar-injector did not inject",
-                    c.name
+                    "the pod already has a container named {name:?} that sidecar-injector did not inject"
                 )),
             ));
         }
@@ -426,101 +458,84 @@ fn plan(
         }
     }
 
-    let sidecar_json = |c: &Named, restart_always: bool| {
-        let mut json = c.json.clone();
-        if share {
-            grant_ptrace(&mut json);
-        }
-        if let (true, Some(map)) = (restart_always, json.as_object_mut()) {
-            map.insert("restartPolicy".into(), Value::String("Always".into()));
-        }
-        json
-    };
-
+    let borrowed = |n: &&'c Named| Cow::Borrowed(n.text.as_str());
     let mut ops = Vec::new();
     append_all(
         &mut ops,
-        &["spec", "volumes"],
+        "/spec/volumes",
         spec.volumes.is_some(),
-        volumes.iter().map(|v| v.json.clone()).collect(),
+        volumes.iter().map(borrowed).collect(),
     );
-    let mut new_init: Vec<Value> = init_containers.iter().map(|c| c.json.clone()).collect();
+    let mut new_init: Vec<Cow<'c, str>> = init_containers.iter().map(borrowed).collect();
     if native {
-        new_init.extend(sidecars.iter().map(|c| sidecar_json(c, true)));
+        new_init.extend(sidecars.iter().map(|c| Cow::Borrowed(c.text(true, share))));
     }
     append_all(
         &mut ops,
-        &["spec", "initContainers"],
+        "/spec/initContainers",
         spec.init_containers.is_some(),
         new_init,
     );
     if !native {
-        append_all(
-            &mut ops,
-            &["spec", "containers"],
-            true,
-            sidecars.iter().map(|c| sidecar_json(c, false)).collect(),
-        );
+        let items = sidecars
+            .iter()
+            .map(|c| Cow::Borrowed(c.text(false, share)))
+            .collect();
+        append_all(&mut ops, "/spec/containers", true, items);
     }
     for (i, c) in spec.containers.iter().enumerate() {
-        let base = ptr(["spec", "containers"]);
-        let mut base = base;
-        base.push_back(i);
-        base.push_back("volumeMounts");
-        let items: Vec<Value> = mounts.iter().map(|(_, json)| json.clone()).collect();
-        if items.is_empty() {
-            continue;
-        }
-        if c.volume_mounts.is_some() {
-            for item in items {
-                let mut p = base.clone();
-                p.push_back("-");
-                ops.push(add(p, item));
-            }
-        } else {
-            ops.push(add(base, Value::Array(items)));
-        }
+        let items = mounts.iter().map(|(_, text)| text.clone()).collect();
+        let base = format!("/spec/containers/{i}/volumeMounts");
+        append_all(&mut ops, &base, c.volume_mounts.is_some(), items);
     }
     let mut warnings = Vec::new();
     if share {
         if spec.share_process_namespace != Some(true) {
-            ops.push(add(
-                ptr(["spec", "shareProcessNamespace"]),
-                Value::Bool(true),
-            ));
+            ops.push(AddOp {
+                path: "/spec/shareProcessNamespace".into(),
+                value: Cow::Borrowed("true"),
+            });
         }
         if !sidecars.is_empty() {
             warnings.push(PTRACE_WARNING.to_string());
         }
     }
 
-    let status = json!({
-        "profiles": profiles,
-        "containers": if native { Vec::new() } else { sidecars.iter().map(|c| c.name.as_str()).collect::<Vec<_>>() },
-        "initContainers": init_containers.iter().map(|c| c.name.as_str())
-            .chain(sidecars.iter().filter(|_| native).map(|c| c.name.as_str()))
-            .collect::<Vec<_>>(),
-        "volumes": volumes.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
-    })
-    .to_string();
-    match &pod.metadata {
+    let names = |list: &[&'c Named]| list.iter().map(|n| n.name.as_str()).collect::<Vec<_>>();
+    let sidecar_names = || sidecars.iter().map(|c| c.name.as_str());
+    let status = to_json_text(&Status {
+        profiles: &profiles,
+        containers: if native {
+            Vec::new()
+        } else {
+            sidecar_names().collect()
+        },
+        init_containers: names(&init_containers)
+            .into_iter()
+            .chain(sidecar_names().filter(|_| native))
+            .collect(),
+        volumes: names(&volumes),
+    });
+    let status = to_json_text(&status);
+    let key = to_json_text(&STATUS_KEY);
+    let (path, value) = match &pod.metadata {
         // No metadata at all: `/metadata/annotations` would have no parent to go into.
-        None => ops.push(add(
-            ptr(["metadata"]),
-            json!({ "annotations": { STATUS_KEY: status } }),
-        )),
-        Some(m) if m.annotations.is_none() => ops.push(add(
-            ptr(["metadata", "annotations"]),
-            json!({ STATUS_KEY: status }),
-        )),
-        Some(_) => ops.push(add(
-            ptr(["metadata", "annotations", STATUS_KEY]),
-            Value::String(status),
-        )),
-    }
+        None => (
+            "/metadata",
+            format!(r#"{{"annotations":{{{key}:{status}}}}}"#),
+        ),
+        Some(m) if m.annotations.is_none() => {
+            ("/metadata/annotations", format!("{{{key}:{status}}}"))
+        }
+        Some(_) => (STATUS_PATH, status),
+    };
+    ops.push(AddOp {
+        path: path.into(),
+        value: Cow::Owned(value),
+    });
 
     Ok(Injection {
-        patch: Patch(ops),
+        ops,
         warnings,
         profiles: profiles.iter().map(|s| s.to_string()).collect(),
     })
@@ -529,9 +544,12 @@ fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
-    fn config() -> Config {
-        Config::embedded().unwrap()
+    fn config() -> &'static Config {
+        static CONFIG: std::sync::LazyLock<Config> =
+            std::sync::LazyLock::new(|| Config::embedded().unwrap());
+        &CONFIG
     }
 
     fn pod_with(annotations: Value, labels: Value, spec: Value) -> Value {
@@ -554,8 +572,8 @@ mod tests {
         pod_with(a, json!({}), app_spec())
     }
 
-    fn decide_json(pod: &Value, policy: Policy) -> Decision {
-        decide(&PodView::from_value(pod).unwrap(), policy, &config())
+    fn decide_json(pod: &Value, policy: Policy) -> Decision<'static> {
+        decide(&PodView::from_value(pod).unwrap(), policy, config())
     }
 
     /// Applies the decision's patch; returns the patched pod.
@@ -563,7 +581,9 @@ mod tests {
         match decide_json(pod, policy) {
             Decision::Inject { injection, .. } => {
                 let mut out = pod.clone();
-                json_patch::patch(&mut out, &injection.patch).unwrap();
+                let patch: json_patch::Patch =
+                    serde_json::from_str(&injection.patch_json()).unwrap();
+                json_patch::patch(&mut out, &patch).unwrap();
                 out
             }
             other => panic!("expected an injection, got {other:?}"),
@@ -817,8 +837,8 @@ mod tests {
         let Decision::Inject { injection, .. } = d else {
             panic!()
         };
-        assert!(!serde_json::to_string(&injection.patch)
-            .unwrap()
+        assert!(!injection
+            .patch_json()
             .contains("/spec/shareProcessNamespace"));
     }
 
@@ -902,15 +922,7 @@ mod tests {
         let Decision::Inject { injection, .. } = decide_json(&pod, Policy::Disabled) else {
             panic!()
         };
-        let paths: Vec<String> = injection
-            .patch
-            .0
-            .iter()
-            .map(|op| match op {
-                PatchOperation::Add(a) => a.path.to_string(),
-                other => panic!("only adds expected: {other:?}"),
-            })
-            .collect();
+        let paths: Vec<&str> = injection.ops.iter().map(|op| op.path.as_str()).collect();
         assert_eq!(
             paths,
             [
@@ -924,11 +936,20 @@ mod tests {
         let Decision::Inject { injection, .. } = decide_json(&pod, Policy::Disabled) else {
             panic!()
         };
-        let last = serde_json::to_value(injection.patch.0.last().unwrap()).unwrap();
+        let last = injection.ops.last().unwrap();
         assert_eq!(
-            last["path"],
+            last.path,
             "/metadata/annotations/sidecar-injector.io~1status"
         );
+        let escaped =
+            json_patch::jsonptr::PointerBuf::from_tokens(["metadata", "annotations", STATUS_KEY]);
+        assert_eq!(STATUS_PATH, escaped.as_str());
+        // The text is a valid RFC 6902 patch of adds only.
+        let patch: json_patch::Patch = serde_json::from_str(&injection.patch_json()).unwrap();
+        assert!(patch
+            .0
+            .iter()
+            .all(|op| matches!(op, json_patch::PatchOperation::Add(_))));
     }
 
     #[test]

@@ -83,7 +83,10 @@ fn process(doc: &mut Value, policy: Policy, config: &Config, report: &mut Report
         Decision::Unchanged(reason) => report.unchanged.push(format!("{who}: {}", reason.as_str())),
         Decision::Deny { message, .. } => report.denials.push(format!("{who}: {message}")),
         Decision::Inject { injection, .. } => {
-            if let Err(e) = json_patch::patch(template, &injection.patch) {
+            let applied = serde_json::from_str::<json_patch::Patch>(&injection.patch_json())
+                .map_err(|e| e.to_string())
+                .and_then(|patch| json_patch::patch(template, &patch).map_err(|e| e.to_string()));
+            if let Err(e) = applied {
                 report
                     .denials
                     .push(format!("{who}: the patch does not apply: {e}"));
