@@ -152,32 +152,33 @@ pub struct PodView<'a> {
     pub spec: Option<Obj<Spec<'a>>>,
 }
 
-fn check_type(pod: PodView<'_>) -> Result<PodView<'_>, String> {
-    let kind = pod.kind.as_deref();
-    let version = pod.api_version.as_deref();
-    if kind.is_some_and(|k| k != "Pod") || version.is_some_and(|v| v != "v1") {
-        return Err(format!(
-            "the object is a {}/{}, not a v1 Pod",
-            version.unwrap_or(""),
-            kind.unwrap_or("")
-        ));
-    }
-    Ok(pod)
-}
-
 impl<'a> PodView<'a> {
+    /// The view itself, if it does not name a kind other than a v1 Pod.
+    pub fn check_type(self) -> Result<PodView<'a>, String> {
+        let kind = self.kind.as_deref();
+        let version = self.api_version.as_deref();
+        if kind.is_some_and(|k| k != "Pod") || version.is_some_and(|v| v != "v1") {
+            return Err(format!(
+                "the object is a {}/{}, not a v1 Pod",
+                version.unwrap_or(""),
+                kind.unwrap_or("")
+            ));
+        }
+        Ok(self)
+    }
+
     /// Decodes a pod from JSON text.
     pub fn parse(json: &'a str) -> Result<PodView<'a>, String> {
         serde_json::from_str::<Obj<PodView>>(json)
             .map_err(|e| format!("cannot decode the pod: {e}"))
-            .and_then(|o| check_type(o.0))
+            .and_then(|o| o.0.check_type())
     }
 
     /// Decodes a pod (or pod template) from a JSON value.
     pub fn from_value(value: &'a Value) -> Result<PodView<'a>, String> {
         Obj::<PodView>::deserialize(value)
             .map_err(|e| format!("cannot decode the pod: {e}"))
-            .and_then(|o| check_type(o.0))
+            .and_then(|o| o.0.check_type())
     }
 
     pub fn annotations(&self) -> Option<&StrMap<'a>> {
