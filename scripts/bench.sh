@@ -2,6 +2,7 @@
 # Load benchmark: this project's release server against ../shared/bench/ceiling (a no-op
 # axum + rustls server answering a fixed AdmissionReview) under the same h2load load,
 # HTTP/2 at 1, 8 and 64 concurrent streams, each measured ROUNDS times, alternating.
+# The project logs at its default level (info: one line per review) to /dev/null.
 # Prints one markdown table per round and the ratios project/ceiling. 127.0.0.1 only.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,7 +25,7 @@ srv=""
 stop() { [ -z "$srv" ] || { kill "$srv" 2>/dev/null || true; wait "$srv" 2>/dev/null || true; srv=""; }; }
 trap stop EXIT
 wait_port() {
-  for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0; sleep 0.05; done
+  for _ in $(seq 1000); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && return 0; sleep 0.005; done
   echo "bench.sh: server did not listen on $port" >&2; return 1
 }
 
@@ -33,7 +34,7 @@ for round in $(seq "$rounds"); do
   for server in project ceiling; do
     if [ $server = project ]; then
       start=$(date +%s%N)
-      RUST_LOG=warn "$ours" serve --addr 127.0.0.1:$port --metrics-addr 127.0.0.1:0 \
+      "$ours" serve --addr 127.0.0.1:$port --metrics-addr 127.0.0.1:0 \
         --tls-cert "$out/certs/tls.crt" --tls-key "$out/certs/tls.key" 2>/dev/null &
       srv=$!
       wait_port
