@@ -104,14 +104,18 @@ pub struct Injection<'c> {
 }
 
 impl Injection<'_> {
-    /// The RFC 6902 patch, as JSON text.
-    pub fn patch_json(&self) -> String {
-        let size: usize = self
+    /// The length of [`Injection::patch_json`], give or take a few bytes.
+    pub fn patch_len(&self) -> usize {
+        2 + self
             .ops
             .iter()
             .map(|o| o.path.len() + o.value.len() + 32)
-            .sum();
-        let mut out = String::with_capacity(size + 2);
+            .sum::<usize>()
+    }
+
+    /// The RFC 6902 patch, as JSON text.
+    pub fn patch_json(&self) -> String {
+        let mut out = String::with_capacity(self.patch_len());
         out.push('[');
         for (i, op) in self.ops.iter().enumerate() {
             if i > 0 {
