@@ -13,6 +13,7 @@ port=18443
 url=https://127.0.0.1:$port/mutate
 body=$bench/fixtures/pod-create-realistic.json
 mkdir -p "$out"
+: >"$out/ready.txt"
 
 command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 (cd "$root" && cargo build --release --locked --quiet)

@@ -1,0 +1,74 @@
+//! The invariants every input must keep, shared by the fuzz targets (`fuzz/`) and the test
+//! that replays their corpus (`tests/fuzz_corpus.rs`). Each function panics on a violation.
+
+use base64::Engine as _;
+use serde_json::Value;
+use sidecar_injector::admission::review;
+use sidecar_injector::config::Config;
+use sidecar_injector::inject::Policy;
+
+/// `review`: no panic; an answer carries the request's uid and a patch that applies to the
+/// request object and is idempotent.
+pub fn check_review(data: &[u8], config: &Config) {
+    for policy in [Policy::Enabled, Policy::Disabled] {
+        let Ok(answer) = review(data, policy, config) else {
+            continue;
+        };
+        let response: Value = serde_json::from_slice(&answer.body).expect("response is JSON");
+        let request: Value = serde_json::from_slice(data).expect("an answered body is JSON");
+        assert_eq!(response["response"]["uid"], request["request"]["uid"], "uid copied");
+        let Some(patch) = response["response"].get("patch") else {
+            assert!(response["response"].get("patchType").is_none());
+            continue;
+        };
+        assert_eq!(response["response"]["patchType"], "JSONPatch");
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(patch.as_str().expect("patch is a string"))
+            .expect("patch is base64");
+        let patch: json_patch::Patch = serde_json::from_slice(&patch).expect("patch is JSON");
+        let mut object = request["request"]["object"].clone();
+        json_patch::patch(&mut object, &patch).expect("the patch applies to the request object");
+        let mut again = request.clone();
+        again["request"]["object"] = object;
+        let again = review(&serde_json::to_vec(&again).unwrap(), policy, config)
+            .expect("the patched request is still answered");
+        let again: Value = serde_json::from_slice(&again.body).unwrap();
+        assert!(again["response"].get("patch").is_none(), "second review adds nothing");
+    }
+}
+
+/// `inject`: no panic; an output that is not denied injects to itself (idempotent).
+pub fn check_inject(data: &[u8], config: &Config) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    for policy in [Policy::Enabled, Policy::Disabled] {
+        let Ok(report) = sidecar_injector::manifest::inject(text, policy, config) else {
+            continue;
+        };
+        if !report.denials.is_empty() {
+            continue;
+        }
+        let again = sidecar_injector::manifest::inject(&report.output, policy, config)
+            .expect("our own output parses");
+        assert!(again.denials.is_empty(), "{:?}", again.denials);
+        assert_eq!(again.output, report.output, "inject is idempotent");
+    }
+}
+
+/// The config: no panic; a config that loads answers a realistic pod with a patch that
+/// applies.
+pub fn check_config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(config) = Config::from_yaml(text, "fuzz") else {
+        return;
+    };
+    let body = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u",
+        "kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE","object":{
+        "metadata":{"name":"p","annotations":{"sidecar-injector.io/inject":"true"}},
+        "spec":{"containers":[{"name":"app","image":"x","volumeMounts":[{"name":"v","mountPath":"/v"}]}],
+        "volumes":[{"name":"v","emptyDir":{}}]}}}}"#;
+    check_review(body, &config);
+}
