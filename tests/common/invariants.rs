@@ -16,7 +16,10 @@ pub fn check_review(data: &[u8], config: &Config) {
         };
         let response: Value = serde_json::from_slice(&answer.body).expect("response is JSON");
         let request: Value = serde_json::from_slice(data).expect("an answered body is JSON");
-        assert_eq!(response["response"]["uid"], request["request"]["uid"], "uid copied");
+        assert_eq!(
+            response["response"]["uid"], request["request"]["uid"],
+            "uid copied"
+        );
         let Some(patch) = response["response"].get("patch") else {
             assert!(response["response"].get("patchType").is_none());
             continue;
@@ -33,7 +36,10 @@ pub fn check_review(data: &[u8], config: &Config) {
         let again = review(&serde_json::to_vec(&again).unwrap(), policy, config)
             .expect("the patched request is still answered");
         let again: Value = serde_json::from_slice(&again.body).unwrap();
-        assert!(again["response"].get("patch").is_none(), "second review adds nothing");
+        assert!(
+            again["response"].get("patch").is_none(),
+            "second review adds nothing"
+        );
     }
 }
 
