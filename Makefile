@@ -5,13 +5,14 @@ BIN      := target/release/sidecar-injector
 IMAGE    ?= sidecar-injector:0.1.0
 KUBECTL  ?= kubectl
 
-.PHONY: build test test-deps run certs image deploy deploy-selfsigned undeploy bench fmt lint
+.PHONY: build test test-deps run certs image deploy deploy-selfsigned undeploy bench soak fuzz deny fmt lint
 
 build:
 	$(CARGO) build --release --locked
 
-## test: lint, then every test (unit, fixtures, fidelity, properties, end-to-end, deploy).
-test: test-deps lint
+## test: lint and licence checks, then every test (unit, fixtures, fidelity, properties,
+## fuzz corpus replay, end-to-end, deploy).
+test: test-deps lint deny
 	$(CARGO) test --locked
 
 test-deps:
@@ -40,8 +41,23 @@ deploy-selfsigned:
 undeploy:
 	$(KUBECTL) delete --ignore-not-found -k deploy
 
+## bench: h2load against the release server and ../shared/bench/ceiling; criterion: cargo bench
 bench:
 	bash scripts/bench.sh
+
+## soak: 2 minutes of load with certificate/config reloads, idle and broken clients, SIGTERM.
+soak: build
+	python3 scripts/soak.py --seconds 120
+
+## fuzz: each target for FUZZ_SECONDS (cargo-fuzz; the stable toolchain via RUSTC_BOOTSTRAP).
+FUZZ_SECONDS ?= 600
+fuzz:
+	cd fuzz && for t in review inject config; do \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 || exit 1; \
+	done
+
+deny:
+	$(CARGO) deny check licenses bans sources
 
 fmt:
 	$(CARGO) fmt --all

@@ -2,7 +2,8 @@
 # Load benchmark: this project's release server against ../shared/bench/ceiling (a no-op
 # axum + rustls server answering a fixed AdmissionReview) under the same h2load load,
 # HTTP/2 at 1, 8 and 64 concurrent streams, each measured ROUNDS times, alternating.
-# The project logs at its default level (info: one line per review) to /dev/null.
+# The project logs at PROJECT_LOG (default info, its own default: one line per review) to
+# /dev/null.
 # Prints one markdown table per round and the ratios project/ceiling. 127.0.0.1 only.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,7 +36,7 @@ for round in $(seq "$rounds"); do
   for server in project ceiling; do
     if [ $server = project ]; then
       start=$(date +%s%N)
-      "$ours" serve --addr 127.0.0.1:$port --metrics-addr 127.0.0.1:0 \
+      RUST_LOG=${PROJECT_LOG:-info} "$ours" serve --addr 127.0.0.1:$port --metrics-addr 127.0.0.1:0 \
         --tls-cert "$out/certs/tls.crt" --tls-key "$out/certs/tls.key" 2>/dev/null &
       srv=$!
       wait_port

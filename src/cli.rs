@@ -110,14 +110,15 @@ fn inject(config: &Config, args: &InjectArgs) -> anyhow::Result<bool> {
     let bytes = read_input(args.input.file.as_deref())?;
     let text = String::from_utf8(bytes).context("the input is not UTF-8 text")?;
     let report = crate::manifest::inject(&text, args.input.policy, config)?;
-    for line in &report.unchanged {
-        eprintln!("{line}");
-    }
+    // With a denial the run fails as a whole: stderr says only what must be fixed.
     if !report.denials.is_empty() {
         for line in &report.denials {
             eprintln!("{line}");
         }
         return Ok(false);
+    }
+    for line in &report.unchanged {
+        eprintln!("{line}");
     }
     std::io::stdout().write_all(report.output.as_bytes())?;
     Ok(true)

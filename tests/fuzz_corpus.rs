@@ -6,8 +6,6 @@ mod invariants;
 
 use std::path::Path;
 
-use sidecar_injector::config::Config;
-
 fn replay(target: &str, check: impl Fn(&[u8])) -> usize {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/corpus")
@@ -25,14 +23,14 @@ fn replay(target: &str, check: impl Fn(&[u8])) -> usize {
 
 #[test]
 fn review_corpus_keeps_the_invariants() {
-    let config = Config::embedded().unwrap();
-    assert!(replay("review", |d| invariants::check_review(d, &config)) > 0);
+    let config = &*invariants::CONFIG;
+    assert!(replay("review", |d| invariants::check_review(d, config)) > 0);
 }
 
 #[test]
 fn inject_corpus_keeps_the_invariants() {
-    let config = Config::embedded().unwrap();
-    assert!(replay("inject", |d| invariants::check_inject(d, &config)) > 0);
+    let config = &*invariants::CONFIG;
+    assert!(replay("inject", |d| invariants::check_inject(d, config)) > 0);
 }
 
 #[test]

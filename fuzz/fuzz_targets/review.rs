@@ -1,18 +1,8 @@
 #![no_main]
-//! Fuzzes the `review` input; the invariants are those the corpus replay test checks.
-
-use std::sync::LazyLock;
-
-use libfuzzer_sys::fuzz_target;
-use sidecar_injector::config::Config;
+//! Fuzzes the `review` input against the invariants the corpus replay test checks too.
 
 #[path = "../../tests/common/invariants.rs"]
-mod invariants;
-use invariants::*;
-
 #[allow(dead_code)]
-static CONFIG: LazyLock<Config> = LazyLock::new(|| Config::embedded().expect("embedded config"));
+mod invariants;
 
-fuzz_target!(|data: &[u8]| {
-    check_review(data, &CONFIG);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| invariants::check_review(data, &invariants::CONFIG));

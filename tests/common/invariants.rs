@@ -2,10 +2,25 @@
 //! that replays their corpus (`tests/fuzz_corpus.rs`). Each function panics on a violation.
 
 use base64::Engine as _;
+use serde::Deserialize;
 use serde_json::Value;
 use sidecar_injector::admission::review;
 use sidecar_injector::config::Config;
 use sidecar_injector::inject::Policy;
+
+/// The embedded config, loaded once.
+pub static CONFIG: std::sync::LazyLock<Config> =
+    std::sync::LazyLock::new(|| Config::embedded().expect("embedded config"));
+
+#[derive(Deserialize)]
+struct Uid {
+    request: UidOnly,
+}
+
+#[derive(Deserialize)]
+struct UidOnly {
+    uid: String,
+}
 
 /// `review`: no panic; an answer carries the request's uid and a patch that applies to the
 /// request object and is idempotent.
@@ -15,11 +30,17 @@ pub fn check_review(data: &[u8], config: &Config) {
             continue;
         };
         let response: Value = serde_json::from_slice(&answer.body).expect("response is JSON");
-        let request: Value = serde_json::from_slice(data).expect("an answered body is JSON");
+        let uid: Uid = serde_json::from_slice(data).expect("an answered body has a uid");
         assert_eq!(
-            response["response"]["uid"], request["request"]["uid"],
+            response["response"]["uid"],
+            uid.request.uid.as_str(),
             "uid copied"
         );
+        // serde (like Go) skips what a lone-surrogate escape (\ud800) in a field nobody
+        // reads would mean; serde_json::Value refuses it: then only the uid can be compared.
+        let Ok(request) = serde_json::from_slice::<Value>(data) else {
+            continue;
+        };
         let Some(patch) = response["response"].get("patch") else {
             assert!(response["response"].get("patchType").is_none());
             continue;
