@@ -19,19 +19,21 @@ use crate::pod::{Obj, PodView};
 /// Largest body accepted; a larger one is answered 413.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
-/// An input answered at the HTTP level (400 or 413) rather than with an AdmissionReview.
+/// An input answered at the HTTP level (400, 408 or 413) rather than with an AdmissionReview.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
     #[error("{0}")]
     BadRequest(String),
     #[error("request body is larger than {MAX_BODY_BYTES} bytes")]
     TooLarge,
+    #[error("the request body did not arrive within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 impl RequestError {
     pub fn reason(&self) -> Reason {
         match self {
-            RequestError::BadRequest(_) => Reason::BadRequest,
+            RequestError::BadRequest(_) | RequestError::Timeout(_) => Reason::BadRequest,
             RequestError::TooLarge => Reason::TooLarge,
         }
     }
@@ -40,6 +42,7 @@ impl RequestError {
         match self {
             RequestError::BadRequest(_) => 400,
             RequestError::TooLarge => 413,
+            RequestError::Timeout(_) => 408,
         }
     }
 }

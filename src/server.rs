@@ -22,7 +22,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::admission::{review, Answer, Outcome, RequestError, MAX_BODY_BYTES};
 use crate::config::Config;
@@ -71,7 +70,7 @@ pub struct TimingArgs {
     /// How often the certificate and config files are checked for changes.
     #[arg(long, env = "SIDECAR_INJECTOR_RELOAD_INTERVAL", value_name = "SECONDS", default_value = "1", value_parser = seconds)]
     pub reload_interval: Duration,
-    /// Longest time one request may take, body included (answered 408 after it).
+    /// Longest time a request body may take to arrive (answered 408 after it).
     #[arg(long, env = "SIDECAR_INJECTOR_REQUEST_TIMEOUT", value_name = "SECONDS", default_value = "10", value_parser = seconds)]
     pub request_timeout: Duration,
     /// After SIGTERM, how long in-flight requests may take before connections are closed.
@@ -112,14 +111,17 @@ pub struct AppState {
     config: RwLock<Arc<Config>>,
     pub metrics: Metrics,
     ready: AtomicBool,
+    /// How long a request body may take to arrive.
+    body_timeout: Duration,
 }
 
 impl AppState {
-    pub fn new(config: Config, metrics: Metrics) -> AppState {
+    pub fn new(config: Config, metrics: Metrics, body_timeout: Duration) -> AppState {
         AppState {
             config: RwLock::new(Arc::new(config)),
             metrics,
             ready: AtomicBool::new(false),
+            body_timeout,
         }
     }
 
@@ -214,9 +216,14 @@ async fn read_and_review(
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(RequestError::TooLarge);
     }
-    let bytes = Limited::new(body, MAX_BODY_BYTES)
-        .collect()
-        .await
+    // A body that trickles in too slowly is answered (408) and counted like any bad input.
+    let collected = tokio::time::timeout(
+        state.body_timeout,
+        Limited::new(body, MAX_BODY_BYTES).collect(),
+    )
+    .await
+    .map_err(|_| RequestError::Timeout(state.body_timeout))?;
+    let bytes = collected
         .map_err(|e| {
             if e.downcast_ref::<LengthLimitError>().is_some() {
                 RequestError::TooLarge
@@ -316,7 +323,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// The webhook's routes.
-pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
+pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
         // The apiserver refuses a query in a webhook's service path (each segment must be a
@@ -324,10 +331,6 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
         .route("/mutate/{policy}", post(mutate_with_policy))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            request_timeout,
-        ))
         .with_state(state)
 }
 
@@ -419,7 +422,7 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
     let loaded = tls::load_pair(&cert_pem, &key_pem).context("serving certificate")?;
     let metrics = Metrics::new();
     metrics.set_cert_expiry(loaded.not_after);
-    let state = Arc::new(AppState::new(config, metrics));
+    let state = Arc::new(AppState::new(config, metrics, args.timing.request_timeout));
     let store = Arc::new(CertStore::new(loaded.key));
     let client_ca = args
         .tls
@@ -463,7 +466,7 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
         }
     });
 
-    let app = router(state.clone(), args.timing.request_timeout);
+    let app = router(state.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -577,8 +580,12 @@ mod tests {
     }
 
     fn app() -> (Arc<AppState>, Router) {
-        let state = Arc::new(AppState::new(Config::embedded().unwrap(), Metrics::new()));
-        (state.clone(), router(state, Duration::from_secs(5)))
+        let state = Arc::new(AppState::new(
+            Config::embedded().unwrap(),
+            Metrics::new(),
+            Duration::from_millis(200),
+        ));
+        (state.clone(), router(state))
     }
 
     async fn call(app: Router, req: Request<Body>) -> (StatusCode, Vec<u8>) {
@@ -634,6 +641,25 @@ mod tests {
         );
         assert!(
             text.contains("outcome=\"error\",reason=\"bad-request\"} 2"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_never_ends_gets_408_and_is_counted() {
+        let (state, app) = app();
+        let stalled = futures_util::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+        let req = Request::post("/mutate")
+            .body(Body::from_stream(stalled))
+            .unwrap();
+        let (status, body) = call(app, req).await;
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+        assert!(String::from_utf8(body)
+            .unwrap()
+            .contains("did not arrive within"));
+        let text = state.metrics.encode();
+        assert!(
+            text.contains("outcome=\"error\",reason=\"bad-request\"} 1"),
             "{text}"
         );
     }
