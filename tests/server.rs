@@ -630,3 +630,63 @@ fn sigterm_lets_in_flight_requests_finish_and_exits_0() {
     assert!(status.success(), "exit status {status:?}");
     assert!(server.log_has("drained"));
 }
+
+#[test]
+fn silent_and_slow_clients_are_cut_off_without_hurting_others() {
+    use std::io::{Read, Write};
+    let certs = make_certs();
+    let args = tls_args(&certs);
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    // 50 clients that connect and never start TLS, and one that completes TLS (HTTP/1.1)
+    // and then sends half a request head.
+    let mut silent: Vec<std::net::TcpStream> = (0..50)
+        .map(|_| std::net::TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    let mut half = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-alpn",
+            "http/1.1",
+            "-connect",
+            &server.addr,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    half.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+
+    // Meanwhile everyone else is served.
+    let c = client(&certs.path.join("ca.crt"), true);
+    let body = std::fs::read(fixture("reviews/replicaset-pod.json")).unwrap();
+    rt().block_on(async {
+        for _ in 0..20 {
+            assert_eq!(
+                post(&c, &server.url("/mutate"), body.clone())
+                    .await
+                    .unwrap()
+                    .0,
+                200
+            );
+        }
+    });
+
+    // The handshake and header timeouts (10 s) close both kinds of connection.
+    let start = Instant::now();
+    for s in &mut silent {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(s.read(&mut buf).unwrap_or(0), 0, "silent connection closed");
+    }
+    let mut rest = Vec::new();
+    let _ = half.stdout.as_mut().unwrap().read_to_end(&mut rest);
+    let _ = half.wait();
+    let waited = start.elapsed();
+    assert!(waited < Duration::from_secs(15), "took {waited:?}");
+}
