@@ -26,6 +26,7 @@ struct ReloadLabels {
 #[derive(Clone, Copy, Debug)]
 pub enum ReloadKind {
     Certificate,
+    ClientCa,
     Config,
 }
 
@@ -33,6 +34,7 @@ impl ReloadKind {
     fn as_str(self) -> &'static str {
         match self {
             ReloadKind::Certificate => "certificate",
+            ReloadKind::ClientCa => "client-ca",
             ReloadKind::Config => "config",
         }
     }
@@ -104,7 +106,11 @@ impl Metrics {
                 })
                 .inc_by(0);
         }
-        for kind in [ReloadKind::Certificate, ReloadKind::Config] {
+        for kind in [
+            ReloadKind::Certificate,
+            ReloadKind::ClientCa,
+            ReloadKind::Config,
+        ] {
             for result in ["success", "failure"] {
                 reloads
                     .get_or_create(&ReloadLabels {

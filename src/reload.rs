@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::metrics::ReloadKind;
 use crate::server::AppState;
-use crate::tls::{load_pair, CertStore};
+use crate::tls::{client_verifier, load_pair, CertStore, ClientCa};
 
 /// A set of files read together, remembered by content.
 struct Watch {
@@ -56,10 +56,12 @@ impl Watch {
     }
 }
 
-/// What to reload: the certificate pair and the config file, with what was loaded at start.
+/// What to reload: the certificate pair, the client CA and the config file, each with what
+/// was loaded at start.
 #[derive(Clone)]
 pub struct Sources {
     pub cert: Option<(PathBuf, PathBuf, Vec<Vec<u8>>)>,
+    pub client_ca: Option<(PathBuf, Vec<u8>, Arc<ClientCa>)>,
     pub config: Option<(PathBuf, Vec<u8>)>,
 }
 
@@ -78,6 +80,20 @@ fn apply_cert(contents: Result<Vec<Vec<u8>>, String>, state: &AppState, store: &
         Err(error) => {
             state.metrics.reloaded(ReloadKind::Certificate, false);
             tracing::warn!(%error, "certificate reload failed; the current certificate stays in force");
+        }
+    }
+}
+
+fn apply_client_ca(contents: Result<Vec<Vec<u8>>, String>, state: &AppState, ca: &ClientCa) {
+    match contents.and_then(|c| client_verifier(&c.concat()).map_err(|e| e.to_string())) {
+        Ok(verifier) => {
+            ca.set(verifier);
+            state.metrics.reloaded(ReloadKind::ClientCa, true);
+            tracing::info!("client CA reloaded");
+        }
+        Err(error) => {
+            state.metrics.reloaded(ReloadKind::ClientCa, false);
+            tracing::warn!(%error, "client CA reload failed; the current one stays in force");
         }
     }
 }
@@ -111,6 +127,9 @@ async fn poll_loop(
     let mut cert = sources
         .cert
         .map(|(c, k, seen)| Watch::new(vec![c, k], remember.then_some(seen)));
+    let mut client_ca = sources
+        .client_ca
+        .map(|(p, seen, ca)| (Watch::new(vec![p], remember.then(|| vec![seen])), ca));
     let mut config = sources.config.map(|(p, seen)| {
         let origin = p.display().to_string();
         (Watch::new(vec![p], remember.then(|| vec![seen])), origin)
@@ -119,6 +138,11 @@ async fn poll_loop(
         tokio::time::sleep(interval).await;
         if let Some(change) = cert.as_mut().and_then(Watch::poll) {
             apply_cert(change, &state, &store);
+        }
+        if let Some((watch, ca)) = client_ca.as_mut() {
+            if let Some(change) = watch.poll() {
+                apply_client_ca(change, &state, ca);
+            }
         }
         if let Some((watch, origin)) = config.as_mut() {
             if let Some(change) = watch.poll() {
@@ -131,7 +155,7 @@ async fn poll_loop(
 /// Starts the reload loop under a supervisor that restarts it if it ever panics, so the
 /// reload can never die silently.
 pub fn spawn(sources: Sources, state: Arc<AppState>, store: Arc<CertStore>, interval: Duration) {
-    if sources.cert.is_none() && sources.config.is_none() {
+    if sources.cert.is_none() && sources.client_ca.is_none() && sources.config.is_none() {
         return;
     }
     tokio::spawn(async move {

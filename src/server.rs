@@ -60,7 +60,7 @@ pub struct TlsArgs {
     /// Private key of the serving certificate (PEM); re-read when it changes.
     #[arg(long, env = "SIDECAR_INJECTOR_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
-    /// Require client certificates signed by this CA (PEM), e.g. the apiserver's.
+    /// Require client certificates signed by this CA (PEM), e.g. the apiserver's; re-read on change.
     #[arg(long, env = "SIDECAR_INJECTOR_CLIENT_CA", value_name = "FILE")]
     pub client_ca: Option<PathBuf>,
 }
@@ -424,13 +424,18 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
     metrics.set_cert_expiry(loaded.not_after);
     let state = Arc::new(AppState::new(config, metrics, args.timing.request_timeout));
     let store = Arc::new(CertStore::new(loaded.key));
-    let client_ca = args
-        .tls
-        .client_ca
-        .as_ref()
-        .map(|p| read(p, "client CA"))
-        .transpose()?;
-    let tls_config = tls::server_config(store.clone(), client_ca.as_deref())?;
+    let client_ca = match &args.tls.client_ca {
+        None => None,
+        Some(path) => {
+            let pem = read(path, "client CA")?;
+            let verifier = tls::client_verifier(&pem).context("client CA")?;
+            Some((path.clone(), pem, Arc::new(tls::ClientCa::new(verifier))))
+        }
+    };
+    let tls_config = tls::server_config(
+        store.clone(),
+        client_ca.as_ref().map(|(_, _, ca)| ca.clone()),
+    )?;
     let acceptor = TlsAcceptor::from(Arc::new(tls_config));
 
     let listener = TcpListener::bind(args.addr)
@@ -445,6 +450,7 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
     reload::spawn(
         Sources {
             cert: cert_source,
+            client_ca,
             config: config_path.zip(config_bytes),
         },
         state.clone(),

@@ -515,57 +515,95 @@ fn config_reload_takes_good_files_and_keeps_the_old_one_on_bad() {
     );
 }
 
+/// The apiserver's side of mTLS: a client CA and a clientAuth certificate it signed, as PEM
+/// (CA, client identity = certificate + key).
+fn client_identity() -> (String, String) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+        .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["kube-apiserver".to_string()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &ca).unwrap();
+    (ca.pem(), format!("{}{}", cert.pem(), key.serialize_pem()))
+}
+
+fn mtls_client(server_ca: &Path, identity: &str) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(server_ca).unwrap()).unwrap();
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap())
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn mtls_refuses_clients_without_a_certificate_from_the_ca() {
     let certs = make_certs();
-    // The apiserver's side: a client CA and a clientAuth certificate it signed.
-    let client_ca = rcgen::CertifiedIssuer::self_signed(
-        {
-            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            p
-        },
-        rcgen::KeyPair::generate().unwrap(),
-    )
-    .unwrap();
-    let client_key = rcgen::KeyPair::generate().unwrap();
-    let mut cp = rcgen::CertificateParams::new(vec!["kube-apiserver".to_string()]).unwrap();
-    cp.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let client_cert = cp.signed_by(&client_key, &client_ca).unwrap();
+    let (ca_a, id_a) = client_identity();
+    let (ca_b, id_b) = client_identity();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("client-ca.crt"), client_ca.pem()).unwrap();
+    let ca_file = dir.path().join("client-ca.crt");
+    std::fs::write(&ca_file, &ca_a).unwrap();
 
     let mut args = tls_args(&certs);
     args.extend([
         "--client-ca".into(),
-        dir.path().join("client-ca.crt").display().to_string(),
+        ca_file.display().to_string(),
+        "--reload-interval".into(),
+        "0.1".into(),
     ]);
     let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let body = std::fs::read(fixture("reviews/replicaset-pod.json")).unwrap();
+    let server_ca = certs.path.join("ca.crt");
     rt().block_on(async {
-        let anonymous = client(&certs.path.join("ca.crt"), true);
+        let anonymous = client(&server_ca, true);
         assert!(post(&anonymous, &server.url("/mutate"), body.clone())
             .await
             .is_err());
-        let identity = reqwest::Identity::from_pem(
-            format!("{}{}", client_cert.pem(), client_key.serialize_pem()).as_bytes(),
-        )
-        .unwrap();
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.path.join("ca.crt")).unwrap())
-            .unwrap();
-        let authed = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .identity(identity)
-            .http2_prior_knowledge()
-            .build()
-            .unwrap();
+        let authed = mtls_client(&server_ca, &id_a);
         assert_eq!(
-            post(&authed, &server.url("/mutate"), body).await.unwrap().0,
+            post(&authed, &server.url("/mutate"), body.clone())
+                .await
+                .unwrap()
+                .0,
             200
         );
+        assert!(post(
+            &mtls_client(&server_ca, &id_b),
+            &server.url("/mutate"),
+            body.clone()
+        )
+        .await
+        .is_err());
+
+        // The apiserver's CA rotates: B is trusted from the next handshake on, A no longer.
+        std::fs::write(&ca_file, &ca_b).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while post(
+            &mtls_client(&server_ca, &id_b),
+            &server.url("/mutate"),
+            body.clone(),
+        )
+        .await
+        .is_err()
+        {
+            assert!(Instant::now() < deadline, "new client CA never used");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(post(
+            &mtls_client(&server_ca, &id_a),
+            &server.url("/mutate"),
+            body.clone()
+        )
+        .await
+        .is_err());
     });
+    assert!(server.log_has("client CA reloaded"));
     // Probes go to the metrics port, which needs no client certificate.
     assert_eq!(
         get_plain(&format!("http://{}/readyz", server.metrics)),
