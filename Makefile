@@ -53,6 +53,7 @@ soak: build
 ## fuzz: each target for FUZZ_SECONDS (cargo-fuzz; the stable toolchain via RUSTC_BOOTSTRAP).
 FUZZ_SECONDS ?= 600
 fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
 	cd fuzz && for t in review inject config; do \
 	  RUSTC_BOOTSTRAP=1 cargo fuzz run -O $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=65536 || exit 1; \
 	done
