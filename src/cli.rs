@@ -78,9 +78,8 @@ pub struct CertsArgs {
 fn read_input(file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
     let mut buf = Vec::new();
     match file {
-        None => std::io::stdin().read_to_end(&mut buf).map(|_| ()),
-        Some(p) if p == Path::new("-") => std::io::stdin().read_to_end(&mut buf).map(|_| ()),
-        Some(p) => std::fs::read(p).map(|b| buf = b),
+        Some(p) if p != Path::new("-") => std::fs::read(p).map(|b| buf = b),
+        _ => std::io::stdin().read_to_end(&mut buf).map(|_| ()),
     }
     .with_context(|| {
         format!(

@@ -111,13 +111,22 @@ impl Config {
         match path {
             None => Config::embedded(),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
                     path: path.display().to_string(),
                     source,
                 })?;
-                Config::from_yaml(&text, &path.display().to_string())
+                Config::from_bytes(&bytes, &path.display().to_string())
             }
         }
+    }
+
+    /// Parses and validates a config file's contents; `origin` names it in errors.
+    pub fn from_bytes(bytes: &[u8], origin: &str) -> Result<Config, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| ConfigError::Invalid {
+            path: origin.to_string(),
+            reason: format!("not UTF-8: {e}"),
+        })?;
+        Config::from_yaml(text, origin)
     }
 
     /// Parses and validates a config; `origin` names it in errors.

@@ -99,11 +99,8 @@ fn apply_client_ca(contents: Result<Vec<Vec<u8>>, String>, state: &AppState, ca:
 }
 
 fn apply_config(contents: Result<Vec<Vec<u8>>, String>, origin: &str, state: &AppState) {
-    let loaded = contents.and_then(|c| {
-        let text = c.concat();
-        let text = String::from_utf8(text).map_err(|_| format!("{origin}: not UTF-8"))?;
-        Config::from_yaml(&text, origin).map_err(|e| e.to_string())
-    });
+    let loaded =
+        contents.and_then(|c| Config::from_bytes(&c.concat(), origin).map_err(|e| e.to_string()));
     match loaded {
         Ok(config) => {
             state.set_config(config);

@@ -396,11 +396,7 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
         .map(|p| read(p, "config"))
         .transpose()?;
     let config = match (&config_path, &config_bytes) {
-        (Some(p), Some(bytes)) => {
-            let text = String::from_utf8(bytes.clone())
-                .with_context(|| format!("{}: not UTF-8", p.display()))?;
-            Config::from_yaml(&text, &p.display().to_string())?
-        }
+        (Some(p), Some(bytes)) => Config::from_bytes(bytes, &p.display().to_string())?,
         _ => Config::embedded()?,
     };
 
