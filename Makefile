@@ -5,15 +5,25 @@ BIN      := target/release/sidecar-injector
 IMAGE    ?= sidecar-injector:0.1.0
 KUBECTL  ?= kubectl
 
-.PHONY: build test test-deps run certs image deploy deploy-selfsigned undeploy bench soak fuzz deny fmt lint
+.PHONY: build test e2e control-plane test-deps run certs image deploy deploy-selfsigned undeploy bench soak fuzz deny fmt lint
 
 build:
 	$(CARGO) build --release --locked
 
 ## test: lint and licence checks, then every test (unit, fixtures, fidelity, properties,
-## fuzz corpus replay, end-to-end, deploy).
+## fuzz corpus replay, server, deploy), then the end-to-end suite on a real control plane.
 test: test-deps lint deny
 	$(CARGO) test --locked
+	bash scripts/e2e.sh
+
+## e2e: tests/e2e.rs against etcd + kube-apiserver + kube-controller-manager on 127.0.0.1,
+## built from their Go modules (Go >= 1.26; first build 10-25 min, then cached).
+e2e:
+	bash scripts/e2e.sh
+
+## control-plane: only build (and cache) the control plane binaries.
+control-plane:
+	bash scripts/control-plane.sh build
 
 test-deps:
 	bash scripts/test-deps.sh
@@ -66,4 +76,4 @@ fmt:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(CARGO) clippy --all-targets --all-features --locked -- -D warnings

@@ -152,7 +152,13 @@ fn certs(args: &CertsArgs) -> anyhow::Result<bool> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<bool> {
-    let config = || Config::load(cli.config.as_deref());
+    let config = || {
+        let config = Config::load(cli.config.as_deref())?;
+        for warning in &config.warnings {
+            eprintln!("sidecar-injector: warning: {warning}");
+        }
+        anyhow::Ok(config)
+    };
     match &cli.command {
         Command::Review(args) => review(&config()?, args),
         Command::Inject(args) => inject(&config()?, args),

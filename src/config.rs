@@ -3,12 +3,15 @@
 //! Loading validates everything a request could otherwise trip over, and turns the typed
 //! Kubernetes objects into JSON once, so that building a patch only clones prepared values.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use k8s_openapi::api::core::v1::{Container, Volume, VolumeMount};
 use serde::Deserialize;
 use serde_json::Value;
+
+use crate::podsecurity::{container_level, Level};
 
 /// The configuration that applies when `--config` is not given.
 pub const DEFAULT_CONFIG_YAML: &str = include_str!("default-config.yaml");
@@ -60,19 +63,52 @@ pub struct Named {
     pub text: String,
 }
 
-/// A sidecar container, in the four forms a pod can ask for (see [`Sidecar::text`]),
-/// serialized once here so that a review only copies bytes.
+/// How a sidecar shares the app's process namespace (SPEC, share-process-namespace row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    No,
+    /// The app's uid is known: run as that uid, no added capability.
+    SameUid(i64),
+    /// It is not: run as root with SYS_PTRACE (read `/proc`) and KILL (signal any uid).
+    Root,
+}
+
+/// A sidecar container, serialized once here in the forms that do not depend on the pod
+/// (see [`Sidecar::text`]), so that a review mostly copies bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sidecar {
     pub name: String,
+    /// plain, native, root-share, native root-share.
     forms: [String; 4],
+    /// The same-uid share forms (plain, native), `runAsUser` filled in per pod.
+    same_uid: [Value; 2],
+    /// The Pod Security level the plain and root-share forms need.
+    pub level: Level,
+    pub root_level: Level,
 }
 
 impl Sidecar {
     /// The container's JSON: `native` adds `restartPolicy: Always` (a native sidecar in
-    /// initContainers); `ptrace` adds what the share-process-namespace row asks for.
-    pub fn text(&self, native: bool, ptrace: bool) -> &str {
-        &self.forms[usize::from(native) | usize::from(ptrace) << 1]
+    /// initContainers); `share` adds what the share-process-namespace row asks for.
+    pub fn text(&self, native: bool, share: Share) -> Cow<'_, str> {
+        match share {
+            Share::No => Cow::Borrowed(&self.forms[usize::from(native)]),
+            Share::Root => Cow::Borrowed(&self.forms[2 | usize::from(native)]),
+            Share::SameUid(uid) => Cow::Owned(self.same_uid_json(native, uid).to_string()),
+        }
+    }
+
+    /// The same-uid form as JSON, for its Pod Security level.
+    pub fn same_uid_json(&self, native: bool, uid: i64) -> Value {
+        let mut form = self.same_uid[usize::from(native)].clone();
+        if let Some(sc) = object_entry(&mut form, "securityContext").and_then(Value::as_object_mut)
+        {
+            sc.insert("runAsUser".into(), Value::from(uid));
+            if uid == 0 {
+                sc.remove("runAsNonRoot");
+            }
+        }
+        form
     }
 }
 
@@ -98,6 +134,9 @@ pub struct Config {
     pub default_profiles: Vec<String>,
     pub native_sidecars: bool,
     pub profiles: BTreeMap<String, Profile>,
+    /// What loads but deserves the operator's attention (e.g. a sidecar that "restricted"
+    /// namespaces refuse), logged wherever the config is loaded.
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -180,42 +219,86 @@ fn object_entry<'a>(value: &'a mut Value, key: &str) -> Option<&'a mut Value> {
     )
 }
 
-/// Lets a sidecar see and signal the app's processes (the SPEC's share-process row):
-/// `SYS_PTRACE` added to its capabilities (nothing dropped is given back), `stdin`, `tty`.
-fn grant_ptrace(container: &mut Value) {
+/// What every process-sharing sidecar gets: an interactive shell to attach to (`stdin`, `tty`).
+fn share_common(container: &mut Value) {
     if let Some(map) = container.as_object_mut() {
         map.insert("stdin".into(), Value::Bool(true));
         map.insert("tty".into(), Value::Bool(true));
     }
-    let Some(caps) =
-        object_entry(container, "securityContext").and_then(|sc| object_entry(sc, "capabilities"))
+}
+
+/// Same-uid sharing: the sidecar takes the pod's group (its own `runAsGroup` goes) so that
+/// `/proc` entries the app's uid and gid guard read as its own; the uid is set per pod.
+fn share_same_uid(container: &mut Value) {
+    share_common(container);
+    if let Some(sc) = object_entry(container, "securityContext").and_then(Value::as_object_mut) {
+        sc.remove("runAsGroup");
+    }
+}
+
+/// Root sharing: uid 0 with SYS_PTRACE (read any process's `/proc`) and KILL (signal any
+/// uid), added to what the profile adds; `runAsNonRoot` goes, as it would refuse uid 0.
+fn share_root(container: &mut Value) {
+    share_common(container);
+    let Some(sc) = object_entry(container, "securityContext").and_then(Value::as_object_mut) else {
+        return;
+    };
+    sc.insert("runAsUser".into(), Value::from(0));
+    sc.remove("runAsNonRoot");
+    let caps = sc
+        .entry("capabilities")
+        .or_insert_with(|| Value::Object(Default::default()));
+    let Some(add) = caps
+        .as_object_mut()
+        .map(|c| c.entry("add").or_insert_with(|| Value::Array(Vec::new())))
     else {
         return;
     };
-    let Some(caps) = caps.as_object_mut() else {
-        return;
-    };
-    let add = caps
-        .entry("add")
-        .or_insert_with(|| Value::Array(Vec::new()));
     if let Some(list) = add.as_array_mut() {
-        if !list.iter().any(|c| c == "SYS_PTRACE") {
-            list.push(Value::String("SYS_PTRACE".into()));
+        for cap in SHARE_CAPABILITIES {
+            if !list.iter().any(|c| c == cap) {
+                list.push(Value::String(cap.into()));
+            }
         }
     }
 }
 
-fn sidecar_forms(json: &Value) -> [String; 4] {
-    std::array::from_fn(|i| {
+/// The capabilities root sharing adds: nothing broader than seeing and signalling.
+pub const SHARE_CAPABILITIES: [&str; 2] = ["SYS_PTRACE", "KILL"];
+
+fn native_form(container: &mut Value) {
+    if let Some(map) = container.as_object_mut() {
+        map.insert("restartPolicy".into(), Value::String("Always".into()));
+    }
+}
+
+fn sidecar(name: String, json: &Value) -> Sidecar {
+    let form = |native: bool, share: Option<fn(&mut Value)>| {
         let mut form = json.clone();
-        if i & 2 != 0 {
-            grant_ptrace(&mut form);
+        if let Some(share) = share {
+            share(&mut form);
         }
-        if let (true, Some(map)) = (i & 1 != 0, form.as_object_mut()) {
-            map.insert("restartPolicy".into(), Value::String("Always".into()));
+        if native {
+            native_form(&mut form);
         }
-        form.to_string()
-    })
+        form
+    };
+    let root = form(false, Some(share_root));
+    Sidecar {
+        name,
+        forms: [
+            form(false, None).to_string(),
+            form(true, None).to_string(),
+            root.to_string(),
+            form(true, Some(share_root)).to_string(),
+        ],
+        same_uid: [
+            form(false, Some(share_same_uid)),
+            form(true, Some(share_same_uid)),
+        ],
+        level: container_level(json).0,
+        root_level: container_level(&root).0,
+    }
 }
 
 fn compile(raw: RawConfig) -> Result<Config, String> {
@@ -251,6 +334,7 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
         };
 
     let mut profiles = BTreeMap::new();
+    let mut warnings = Vec::new();
     for (pname, p) in raw.profiles {
         if pname.is_empty() || pname.contains(',') || pname.trim() != pname {
             return Err(format!(
@@ -305,9 +389,19 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
                 let json = to_json(&at(field), c)?;
                 check_unique("container", &c.name, &pname, &json)?;
                 let name = c.name.clone();
+                let (level, why) = container_level(&json);
+                if level > Level::Restricted {
+                    warnings.push(format!(
+                        "{}: container {name:?} is not admissible under Pod Security \"restricted\" \
+                         on its own (needs \"{}\": {}): pods it is injected into are refused in \
+                         restricted namespaces",
+                        at(field),
+                        level.as_str(),
+                        why.join(", ")
+                    ));
+                }
                 if field == "containers" {
-                    let forms = sidecar_forms(&json);
-                    containers.push(Sidecar { name, forms });
+                    containers.push(sidecar(name, &json));
                 } else {
                     init_containers.push(Named {
                         name,
@@ -347,6 +441,7 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
         default_profiles: raw.default_profiles,
         native_sidecars: raw.native_sidecars,
         profiles,
+        warnings,
     })
 }
 
@@ -362,7 +457,7 @@ mod tests {
         assert_eq!(c.profile_names(), "default, logging");
         let d = &c.profiles["default"];
         assert_eq!(d.containers[0].name, "sidecar");
-        let plain: Value = serde_json::from_str(d.containers[0].text(false, false)).unwrap();
+        let plain: Value = serde_json::from_str(&d.containers[0].text(false, Share::No)).unwrap();
         assert_eq!(plain["image"], "busybox:1.36");
         assert_eq!(d.volumes[0].text, r#"{"name":"shared-data","emptyDir":{}}"#);
         assert_eq!(d.app_volume_mounts[0].mount_path, "/pod-data");
@@ -371,33 +466,74 @@ mod tests {
         assert_eq!(sc["privileged"], false);
         assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
         assert_eq!(c.profiles["logging"].containers[0].name, "log-tailer");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        for p in c.profiles.values() {
+            for s in &p.containers {
+                let plain: Value = serde_json::from_str(&s.text(false, Share::No)).unwrap();
+                assert_eq!(
+                    container_level(&plain),
+                    (Level::Restricted, vec![]),
+                    "{}",
+                    s.name
+                );
+                assert_eq!(plain["securityContext"]["runAsUser"], 65534);
+            }
+        }
     }
 
     #[test]
     fn sidecar_forms_add_only_what_each_form_asks_for() {
         let c = Config::embedded().unwrap();
         let s = &c.profiles["default"].containers[0];
-        let form = |n, p| serde_json::from_str::<Value>(s.text(n, p)).unwrap();
-        assert!(form(false, false).get("restartPolicy").is_none());
-        assert_eq!(form(true, false)["restartPolicy"], "Always");
-        let ptrace = form(false, true);
+        let form = |n, share| serde_json::from_str::<Value>(&s.text(n, share)).unwrap();
+        assert!(form(false, Share::No).get("restartPolicy").is_none());
+        assert_eq!(form(true, Share::No)["restartPolicy"], "Always");
+        let root = form(false, Share::Root);
+        let sc = &root["securityContext"];
         assert_eq!(
-            ptrace["securityContext"]["capabilities"]["add"],
-            serde_json::json!(["SYS_PTRACE"])
+            sc["capabilities"]["add"],
+            serde_json::json!(["SYS_PTRACE", "KILL"])
         );
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert_eq!(sc["runAsUser"], 0);
+        assert!(sc.get("runAsNonRoot").is_none());
         assert_eq!(
-            ptrace["securityContext"]["capabilities"]["drop"],
-            serde_json::json!(["ALL"])
-        );
-        assert_eq!(
-            (ptrace["stdin"].clone(), ptrace["tty"].clone()),
+            (root["stdin"].clone(), root["tty"].clone()),
             (Value::Bool(true), Value::Bool(true))
         );
-        let both = form(true, true);
-        assert_eq!(both["restartPolicy"], "Always");
-        assert_eq!(
-            both["securityContext"]["capabilities"]["add"],
-            serde_json::json!(["SYS_PTRACE"])
+        assert_eq!(s.root_level, Level::Privileged);
+        let same = form(true, Share::SameUid(1001));
+        let sc = &same["securityContext"];
+        assert_eq!(same["restartPolicy"], "Always");
+        assert_eq!(sc["runAsUser"], 1001);
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert!(sc["capabilities"].get("add").is_none());
+        assert!(sc.get("runAsGroup").is_none(), "takes the pod's group");
+        assert_eq!(same["tty"], true);
+        let as_root = form(false, Share::SameUid(0));
+        assert!(as_root["securityContext"].get("runAsNonRoot").is_none());
+        assert_eq!(as_root["securityContext"]["runAsUser"], 0);
+    }
+
+    #[test]
+    fn a_profile_above_restricted_loads_with_a_warning() {
+        let yaml = "defaultProfiles: [a]\nprofiles:\n  a:\n    containers:\n      - name: x\n        image: busybox\n        securityContext: {privileged: true}\n";
+        let c = Config::from_yaml(yaml, "c.yaml").unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert!(
+            c.warnings[0].contains("profiles.a.containers"),
+            "{}",
+            c.warnings[0]
+        );
+        assert!(
+            c.warnings[0].contains("\"privileged\""),
+            "{}",
+            c.warnings[0]
+        );
+        assert!(
+            c.warnings[0].contains("privileged: true"),
+            "{}",
+            c.warnings[0]
         );
     }
 

@@ -6,8 +6,9 @@ use std::borrow::Cow;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{Config, Named, Sidecar};
+use crate::config::{Config, Named, Share, Sidecar};
 use crate::pod::{PodView, Spec, StrMap};
+use crate::podsecurity::{container_level, Level};
 
 pub const INJECT_KEY: &str = "sidecar-injector.io/inject";
 pub const PROFILES_KEY: &str = "sidecar-injector.io/profiles";
@@ -19,9 +20,24 @@ pub const STATUS_KEY: &str = "sidecar-injector.io/status";
 /// The app mount whose path `app-mount-path` moves.
 const SHARED_VOLUME: &str = "shared-data";
 
-const PTRACE_WARNING: &str = "sidecar-injector: SYS_PTRACE was added to the injected sidecar(s) \
-for sidecar-injector.io/share-process-namespace; the Pod Security \"baseline\" and \"restricted\" \
-levels reject this pod";
+fn root_share_warning(level: Level) -> String {
+    format!(
+        "sidecar-injector: for {SHARE_PROCESS_KEY} the injected sidecar(s) run as root with \
+         SYS_PTRACE (to see the app's processes) and KILL (to signal them), because the app's \
+         uid is not set; the Pod Security \"baseline\" and \"restricted\" levels reject \
+         SYS_PTRACE, so this pod needs the \"{}\" level. Set runAsUser for the app (pod or \
+         every app container) and the sidecar runs as that uid with no added capability",
+        level.as_str()
+    )
+}
+
+fn level_warning(level: Level) -> String {
+    format!(
+        "sidecar-injector: the injected sidecar(s) need the Pod Security \"{}\" level; \
+         \"restricted\" namespaces refuse this pod",
+        level.as_str()
+    )
+}
 
 /// `policy` of `/mutate`: who is injected when a pod says nothing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -320,6 +336,23 @@ pub fn decide<'c>(pod: &PodView<'_>, policy: Policy, config: &'c Config) -> Deci
 
 type Denial = (Reason, u16, String);
 
+/// One warning when the injected sidecars lift the pod above Pod Security "restricted".
+fn pod_security_warning(sidecars: &[&Sidecar], native: bool, sharing: Share) -> Option<String> {
+    let level = sidecars
+        .iter()
+        .map(|c| match sharing {
+            Share::Root => c.root_level,
+            Share::SameUid(uid) => container_level(&c.same_uid_json(native, uid)).0,
+            Share::No => c.level,
+        })
+        .max()?;
+    match (level, sharing) {
+        (Level::Restricted, _) => None,
+        (_, Share::Root) => Some(root_share_warning(level)),
+        _ => Some(level_warning(level)),
+    }
+}
+
 fn bad_annotation(message: String) -> Denial {
     (Reason::BadAnnotation, 400, message)
 }
@@ -375,6 +408,28 @@ fn plan<'c>(
             ),
         ));
     }
+
+    let sharing = if !share {
+        Share::No
+    } else if let Some(uid) = spec.app_uid() {
+        Share::SameUid(uid)
+    } else {
+        if spec.run_as_non_root() && selected.iter().any(|p| !p.containers.is_empty()) {
+            return Err((
+                Reason::Conflict,
+                409,
+                format!(
+                    "annotation {SHARE_PROCESS_KEY}: \"true\" needs the sidecar to run as root \
+                     (runAsUser: 0) with SYS_PTRACE and KILL, because the app's uid is not set, \
+                     but the pod's spec.securityContext.runAsNonRoot is true, so the kubelet would \
+                     never start it; set spec.securityContext.runAsUser to the app's uid (or the \
+                     same runAsUser on every app container) and the sidecar runs as that uid \
+                     with no added capability"
+                ),
+            ));
+        }
+        Share::Root
+    };
 
     // What the profiles add, in list order; the config guarantees one definition per name.
     let mut volumes: Vec<&Named> = Vec::new();
@@ -472,7 +527,7 @@ fn plan<'c>(
     );
     let mut new_init: Vec<Cow<'c, str>> = init_containers.iter().map(borrowed).collect();
     if native {
-        new_init.extend(sidecars.iter().map(|c| Cow::Borrowed(c.text(true, share))));
+        new_init.extend(sidecars.iter().map(|c| c.text(true, sharing)));
     }
     append_all(
         &mut ops,
@@ -481,10 +536,7 @@ fn plan<'c>(
         new_init,
     );
     if !native {
-        let items = sidecars
-            .iter()
-            .map(|c| Cow::Borrowed(c.text(false, share)))
-            .collect();
+        let items = sidecars.iter().map(|c| c.text(false, sharing)).collect();
         append_all(&mut ops, "/spec/containers", true, items);
     }
     for (i, c) in spec.containers.iter().enumerate() {
@@ -493,16 +545,14 @@ fn plan<'c>(
         append_all(&mut ops, &base, c.volume_mounts.is_some(), items);
     }
     let mut warnings = Vec::new();
-    if share {
-        if spec.share_process_namespace != Some(true) {
-            ops.push(AddOp {
-                path: "/spec/shareProcessNamespace".into(),
-                value: Cow::Borrowed("true"),
-            });
-        }
-        if !sidecars.is_empty() {
-            warnings.push(PTRACE_WARNING.to_string());
-        }
+    if share && spec.share_process_namespace != Some(true) {
+        ops.push(AddOp {
+            path: "/spec/shareProcessNamespace".into(),
+            value: Cow::Borrowed("true"),
+        });
+    }
+    if let Some(warning) = pod_security_warning(&sidecars, native, sharing) {
+        warnings.push(warning);
     }
 
     let names = |list: &[&'c Named]| list.iter().map(|n| n.name.as_str()).collect::<Vec<_>>();
@@ -794,32 +844,128 @@ mod tests {
         );
     }
 
+    fn share_pod(security: Value, container_security: Option<Value>) -> Value {
+        let mut pod = opted_in(json!({SHARE_PROCESS_KEY: "True"}));
+        pod["spec"]["securityContext"] = security;
+        if let Some(sc) = container_security {
+            pod["spec"]["containers"][0]["securityContext"] = sc;
+        }
+        pod
+    }
+
+    fn warnings(pod: &Value) -> Vec<String> {
+        match decide_json(pod, Policy::Disabled) {
+            Decision::Inject { injection, .. } => injection.warnings,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
-    fn share_process_namespace_grants_ptrace_and_warns() {
+    fn share_process_namespace_with_unknown_uid_runs_root_with_ptrace_and_kill() {
         let pod = opted_in(json!({SHARE_PROCESS_KEY: "True"}));
         let out = injected(&pod, Policy::Disabled);
         assert_eq!(out["spec"]["shareProcessNamespace"], true);
         let sidecar = &out["spec"]["containers"][1];
-        assert_eq!(
-            sidecar["securityContext"]["capabilities"]["add"],
-            json!(["SYS_PTRACE"])
-        );
-        assert_eq!(
-            sidecar["securityContext"]["capabilities"]["drop"],
-            json!(["ALL"])
-        );
-        assert_eq!(sidecar["securityContext"]["privileged"], false);
+        let sc = &sidecar["securityContext"];
+        assert_eq!(sc["capabilities"]["add"], json!(["SYS_PTRACE", "KILL"]));
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(sc["privileged"], false);
+        assert_eq!(sc["runAsUser"], 0);
+        assert!(sc.get("runAsNonRoot").is_none());
         assert_eq!(
             (sidecar["stdin"].clone(), sidecar["tty"].clone()),
             (json!(true), json!(true))
         );
-        match decide_json(&pod, Policy::Disabled) {
-            Decision::Inject { injection, .. } => {
-                assert_eq!(injection.warnings.len(), 1);
-                assert!(injection.warnings[0].contains("baseline"));
-            }
-            other => panic!("{other:?}"),
+        let w = warnings(&pod);
+        assert_eq!(w.len(), 1);
+        for word in [
+            "SYS_PTRACE",
+            "KILL",
+            "\"baseline\"",
+            "\"restricted\"",
+            "\"privileged\" level",
+            "runAsUser",
+        ] {
+            assert!(w[0].contains(word), "{word}: {}", w[0]);
         }
+        // Unknown when only some app containers set a uid.
+        let mut two = share_pod(json!({}), Some(json!({"runAsUser": 1001})));
+        two["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "other", "image": "x"}));
+        assert_eq!(
+            injected(&two, Policy::Disabled)["spec"]["containers"][2]["securityContext"]
+                ["runAsUser"],
+            0
+        );
+    }
+
+    #[test]
+    fn share_process_namespace_with_known_uid_shares_it_with_no_capability() {
+        for pod in [
+            share_pod(json!({"runAsUser": 1001, "runAsNonRoot": true}), None),
+            share_pod(
+                json!({"runAsNonRoot": true}),
+                Some(json!({"runAsUser": 1001})),
+            ),
+            share_pod(json!({"runAsUser": 5}), Some(json!({"runAsUser": 1001}))),
+        ] {
+            let out = injected(&pod, Policy::Disabled);
+            let sc = &out["spec"]["containers"][1]["securityContext"];
+            assert_eq!(sc["runAsUser"], 1001, "{pod}");
+            assert_eq!(sc["runAsNonRoot"], true);
+            assert!(sc["capabilities"].get("add").is_none());
+            assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+            assert_eq!(out["spec"]["containers"][1]["tty"], true);
+            assert!(
+                warnings(&pod).is_empty(),
+                "no warning when the uid is shared"
+            );
+        }
+        // An app that runs as root: the sidecar too, which "restricted" rejects: say so.
+        let pod = share_pod(json!({"runAsUser": 0}), None);
+        let sc = &injected(&pod, Policy::Disabled)["spec"]["containers"][1]["securityContext"];
+        assert_eq!(sc["runAsUser"], 0);
+        assert!(sc.get("runAsNonRoot").is_none());
+        assert!(sc["capabilities"].get("add").is_none());
+        let w = warnings(&pod);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("\"baseline\" level"), "{}", w[0]);
+    }
+
+    #[test]
+    fn share_process_namespace_as_root_under_run_as_non_root_is_a_conflict() {
+        let (reason, code, msg) = denial(
+            &share_pod(json!({"runAsNonRoot": true}), None),
+            Policy::Disabled,
+        );
+        assert_eq!((reason, code), (Reason::Conflict, 409));
+        for word in ["runAsNonRoot", "runAsUser", SHARE_PROCESS_KEY] {
+            assert!(msg.contains(word), "{word}: {msg}");
+        }
+        // Not a conflict when no sharing is asked for.
+        let mut plain = share_pod(json!({"runAsNonRoot": true}), None);
+        plain["metadata"]["annotations"][SHARE_PROCESS_KEY] = json!("false");
+        assert!(warnings(&plain).is_empty());
+    }
+
+    #[test]
+    fn default_injection_stays_restricted_and_startable() {
+        let mut pod = opted_in(json!({}));
+        pod["spec"]["securityContext"] = json!({"runAsNonRoot": true});
+        let out = injected(&pod, Policy::Disabled);
+        let sidecar = &out["spec"]["containers"][1];
+        assert_eq!(container_level(sidecar).0, Level::Restricted);
+        assert!(crate::podsecurity::kubelet_would_start(
+            sidecar,
+            &out["spec"]["securityContext"]
+        ));
+        assert!(warnings(&pod).is_empty());
+    }
+
+    #[test]
+    fn share_process_namespace_false_adds_nothing() {
         let plain = injected(
             &opted_in(json!({SHARE_PROCESS_KEY: "false"})),
             Policy::Disabled,

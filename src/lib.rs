@@ -1,6 +1,6 @@
 //! sidecar-injector: a Kubernetes mutating admission webhook that injects sidecars.
 //!
-//! The pure core (`inject`, `admission`, `manifest`, `config`) does no I/O; the server
+//! The pure core (`inject`, `podsecurity`, `admission`, `manifest`, `config`) does no I/O; the server
 //! (`server`, `tls`, `reload`, `metrics`) and the CLI (`cli`) are thin shells around it.
 #![forbid(unsafe_code)]
 
@@ -12,6 +12,7 @@ pub mod inject;
 pub mod manifest;
 pub mod metrics;
 pub mod pod;
+pub mod podsecurity;
 pub mod reload;
 pub mod server;
 pub mod tls;

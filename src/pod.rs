@@ -108,6 +108,16 @@ pub struct Mount<'a> {
     pub mount_path: Cow<'a, str>,
 }
 
+/// The part of a pod's or container's `securityContext` that decides which user runs it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Security {
+    #[serde(default)]
+    pub run_as_user: Option<i64>,
+    #[serde(default)]
+    pub run_as_non_root: Option<bool>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Container<'a> {
@@ -115,6 +125,8 @@ pub struct Container<'a> {
     pub name: Cow<'a, str>,
     #[serde(borrow, default)]
     pub volume_mounts: Option<Vec<Mount<'a>>>,
+    #[serde(default)]
+    pub security_context: Option<Obj<Security>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +148,33 @@ pub struct Spec<'a> {
     pub volumes: Option<Vec<Named<'a>>>,
     #[serde(default)]
     pub share_process_namespace: Option<bool>,
+    #[serde(default)]
+    pub security_context: Option<Obj<Security>>,
+}
+
+impl Spec<'_> {
+    /// The uid every app container runs as, when the pod says so: each container's own
+    /// `runAsUser`, else the pod's, all set and equal. `None` leaves it to the images.
+    pub fn app_uid(&self) -> Option<i64> {
+        let pod_uid = self.security_context.as_ref().and_then(|s| s.run_as_user);
+        let mut uids = self.containers.iter().map(|c| {
+            c.security_context
+                .as_ref()
+                .and_then(|s| s.run_as_user)
+                .or(pod_uid)
+        });
+        let first = uids.next()??;
+        uids.all(|u| u == Some(first)).then_some(first)
+    }
+
+    /// `spec.securityContext.runAsNonRoot: true`: the kubelet then refuses any container that
+    /// would run as root and does not set `runAsNonRoot` itself.
+    pub fn run_as_non_root(&self) -> bool {
+        self.security_context
+            .as_ref()
+            .and_then(|s| s.run_as_non_root)
+            .unwrap_or(false)
+    }
 }
 
 /// What the engine knows of a pod.
@@ -238,6 +277,40 @@ mod tests {
         ] {
             assert!(PodView::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn app_uid_needs_every_app_container_to_agree() {
+        let uid = |spec: &str| {
+            let json = format!(r#"{{"spec":{spec}}}"#);
+            PodView::parse(&json).unwrap().spec.unwrap().0.app_uid()
+        };
+        let c = |sc: &str| format!(r#"{{"name":"c{}","securityContext":{sc}}}"#, sc.len());
+        assert_eq!(uid(r#"{"containers":[{"name":"a"}]}"#), None);
+        assert_eq!(
+            uid(
+                r#"{"securityContext":{"runAsUser":1001},"containers":[{"name":"a"},{"name":"b"}]}"#
+            ),
+            Some(1001)
+        );
+        let own = c(r#"{"runAsUser":7}"#);
+        let spec = format!(
+            r#"{{"securityContext":{{"runAsUser":1001}},"containers":[{own},{{"name":"b"}}]}}"#
+        );
+        assert_eq!(uid(&spec), None, "containers disagree");
+        let spec = format!(
+            r#"{{"securityContext":{{"runAsUser":7}},"containers":[{own},{{"name":"b"}}]}}"#
+        );
+        assert_eq!(uid(&spec), Some(7));
+        let spec = format!(r#"{{"containers":[{own}]}}"#);
+        assert_eq!(uid(&spec), Some(7));
+        let spec = format!(r#"{{"containers":[{own},{{"name":"b"}}]}}"#);
+        assert_eq!(uid(&spec), None, "one container's uid is the image's");
+        assert_eq!(
+            uid(r#"{"securityContext":{"runAsUser":0},"containers":[{"name":"a"}]}"#),
+            Some(0)
+        );
+        assert_eq!(uid(r#"{"containers":[]}"#), None);
     }
 
     #[test]

@@ -103,6 +103,9 @@ fn apply_config(contents: Result<Vec<Vec<u8>>, String>, origin: &str, state: &Ap
         contents.and_then(|c| Config::from_bytes(&c.concat(), origin).map_err(|e| e.to_string()));
     match loaded {
         Ok(config) => {
+            for warning in &config.warnings {
+                tracing::warn!(path = origin, %warning, "config");
+            }
             state.set_config(config);
             state.metrics.reloaded(ReloadKind::Config, true);
             tracing::info!(path = origin, "config reloaded");

@@ -399,6 +399,9 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
         (Some(p), Some(bytes)) => Config::from_bytes(bytes, &p.display().to_string())?,
         _ => Config::embedded()?,
     };
+    for warning in &config.warnings {
+        tracing::warn!(%warning, "config");
+    }
 
     let (cert_pem, key_pem, cert_source) = if args.dev {
         let (c, k) = crate::certs::dev_pair()?;

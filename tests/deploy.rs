@@ -172,12 +172,11 @@ fn webhook_configuration_selects_and_calls_as_documented() {
     );
     let pod = &hooks[1];
     assert_eq!(pod["clientConfig"]["service"]["path"], "/mutate");
-    let exprs = pod["namespaceSelector"]["matchExpressions"]
-        .as_array()
-        .unwrap();
-    let excluded = |key: &str| -> Vec<String> {
-        exprs
-            .iter()
+    let excluded = |hook: &Value, key: &str| -> Vec<String> {
+        hook["namespaceSelector"]["matchExpressions"]
+            .as_array()
+            .into_iter()
+            .flatten()
             .find(|e| e["key"] == key && e["operator"] == "NotIn")
             .map(|e| {
                 e["values"]
@@ -189,15 +188,22 @@ fn webhook_configuration_selects_and_calls_as_documented() {
             })
             .unwrap_or_default()
     };
-    assert!(excluded("sidecar-injector.io/injection").contains(&"enabled".to_string()));
-    let names = excluded("kubernetes.io/metadata.name");
-    for ns in [
-        "kube-system",
-        "kube-public",
-        "kube-node-lease",
-        "sidecar-injector",
-    ] {
-        assert!(names.contains(&ns.to_string()), "{ns} not excluded");
+    assert!(excluded(pod, "sidecar-injector.io/injection").contains(&"enabled".to_string()));
+    // Both webhooks: never the system namespaces or the injector's own, whatever their labels.
+    for hook in hooks {
+        let names = excluded(hook, "kubernetes.io/metadata.name");
+        for ns in [
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            "sidecar-injector",
+        ] {
+            assert!(
+                names.contains(&ns.to_string()),
+                "{ns} not excluded by {}",
+                hook["name"]
+            );
+        }
     }
     assert!(!pod["matchConditions"].as_array().unwrap().is_empty());
 }

@@ -138,7 +138,11 @@ fn classic_examples_have_the_documented_shape() {
         apply_jsonpatch(&request["request"]["object"], &patch_of(&response).unwrap()).unwrap();
     assert_eq!(patched["spec"]["shareProcessNamespace"], true);
     let sc = &patched["spec"]["containers"][1]["securityContext"];
-    assert_eq!(sc["capabilities"]["add"], serde_json::json!(["SYS_PTRACE"]));
+    assert_eq!(
+        sc["capabilities"]["add"],
+        serde_json::json!(["SYS_PTRACE", "KILL"])
+    );
+    assert_eq!(sc["runAsUser"], 0);
     assert_ne!(sc["privileged"], true);
     assert_eq!(
         response["response"]["warnings"].as_array().unwrap().len(),

@@ -3,108 +3,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::server::{get_plain, Server};
 use common::*;
 use serde_json::Value;
-
-struct Server {
-    child: Child,
-    addr: String,
-    metrics: String,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(bin())
-            .arg("serve")
-            .args(["--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("listening") {
-                    let addr = line
-                        .split("addr=")
-                        .nth(1)
-                        .unwrap_or("")
-                        .split(' ')
-                        .next()
-                        .unwrap_or("")
-                        .to_string();
-                    let _ = tx.send((line.contains("webhook"), addr));
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let (mut addr, mut metrics) = (String::new(), String::new());
-        for _ in 0..2 {
-            let (webhook, a) = rx
-                .recv_timeout(Duration::from_secs(20))
-                .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
-            if webhook {
-                addr = a
-            } else {
-                metrics = a
-            }
-        }
-        Server {
-            child,
-            addr,
-            metrics,
-            log,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://{}{path}", self.addr)
-    }
-
-    fn log_has(&self, needle: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
-    }
-
-    fn metrics_text(&self) -> String {
-        get_plain(&format!("http://{}/metrics", self.metrics))
-    }
-
-    fn sigterm(&self) {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn get_plain(url: &str) -> String {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
-}
 
 struct Certs {
     _dir: tempfile::TempDir,
@@ -291,23 +198,6 @@ fn bad_input_gets_clear_answers_and_the_server_keeps_serving() {
         m.contains("outcome=\"error\",reason=\"too-large\"} 1"),
         "{m}"
     );
-}
-
-/// Writes a Secret-volume layout: tls.crt -> ..data/tls.crt, ..data -> ..<version>.
-fn write_secret_version(dir: &Path, version: &str, cert: &[u8], key: &[u8]) {
-    let v = dir.join(format!("..{version}"));
-    std::fs::create_dir(&v).unwrap();
-    std::fs::write(v.join("tls.crt"), cert).unwrap();
-    std::fs::write(v.join("tls.key"), key).unwrap();
-    let tmp = dir.join("..data_tmp");
-    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    for f in ["tls.crt", "tls.key"] {
-        let link = dir.join(f);
-        if link.symlink_metadata().is_err() {
-            std::os::unix::fs::symlink(format!("..data/{f}"), link).unwrap();
-        }
-    }
 }
 
 #[test]

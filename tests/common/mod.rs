@@ -2,6 +2,8 @@
 //! strict schema validator (both installed by `make test-deps`, which `make test` runs).
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -115,4 +117,21 @@ pub fn rereview(request: &Value, patched: &Value) -> Value {
     let mut again = request.clone();
     again["request"]["object"] = patched.clone();
     again
+}
+
+/// Writes a Secret-volume layout: tls.crt -> ..data/tls.crt, ..data -> ..<version>.
+pub fn write_secret_version(dir: &Path, version: &str, cert: &[u8], key: &[u8]) {
+    let v = dir.join(format!("..{version}"));
+    std::fs::create_dir(&v).unwrap();
+    std::fs::write(v.join("tls.crt"), cert).unwrap();
+    std::fs::write(v.join("tls.key"), key).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(format!("..{version}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        let link = dir.join(f);
+        if link.symlink_metadata().is_err() {
+            std::os::unix::fs::symlink(format!("..data/{f}"), link).unwrap();
+        }
+    }
 }

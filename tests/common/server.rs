@@ -1,0 +1,109 @@
+//! A `sidecar-injector serve` process on 127.0.0.1 with ephemeral ports, its log kept.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub metrics: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// The binary under test (the test profile's build).
+    pub fn start(args: &[&str]) -> Server {
+        Server::start_bin(Path::new(super::bin()), args)
+    }
+
+    pub fn start_bin(exe: &Path, args: &[&str]) -> Server {
+        let mut child = Command::new(exe)
+            .arg("serve")
+            .args(["--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("listening") {
+                    let addr = line
+                        .split("addr=")
+                        .nth(1)
+                        .unwrap_or("")
+                        .split(' ')
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    let _ = tx.send((line.contains("webhook"), addr));
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let (mut addr, mut metrics) = (String::new(), String::new());
+        for _ in 0..2 {
+            let (webhook, a) = rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
+            if webhook {
+                addr = a
+            } else {
+                metrics = a
+            }
+        }
+        Server {
+            child,
+            addr,
+            metrics,
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
+    }
+
+    pub fn log_has(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn metrics_text(&self) -> String {
+        get_plain(&format!("http://{}/metrics", self.metrics))
+    }
+
+    pub fn sigterm(&self) {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn get_plain(url: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async { reqwest::get(url).await.unwrap().text().await.unwrap() })
+}

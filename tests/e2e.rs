@@ -1,0 +1,1197 @@
+//! End to end through a real Kubernetes control plane (etcd, kube-apiserver,
+//! kube-controller-manager built from their Go modules by scripts/control-plane.sh and started
+//! by scripts/e2e.sh, which runs this file): every user flow with kubectl, the objects read
+//! back from the API.
+//!
+//! The webhook configuration is deploy/'s, applied through the self-signed overlay exactly as
+//! `make certs` writes it, `clientConfig.service` untouched. The apiserver reaches the Service
+//! through its "cluster" egress selector: scripts/control-plane/egress-proxy forwards the
+//! Service's ClusterIP:443 to the release server on 127.0.0.1 (a route line per Service), so
+//! nothing leaves loopback. No kubelet: pods are admitted, stored and stay Pending.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::server::Server;
+use serde_json::{json, Value};
+
+const NS_LABEL: &str = "sidecar-injector.io/injection";
+const INJECT: &str = "sidecar-injector.io/inject";
+const STATUS: &str = "sidecar-injector.io/status";
+
+struct Cluster {
+    kubectl: PathBuf,
+    kubeconfig: PathBuf,
+    routes: PathBuf,
+    dir: PathBuf,
+    webhook_client_ca: PathBuf,
+    overlay: PathBuf,
+    release: PathBuf,
+    service_ip: String,
+    apiserver: String,
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let env_file = std::env::var("SIDECAR_E2E_ENV").unwrap_or_else(|_| {
+            panic!(
+                "SIDECAR_E2E_ENV is not set: the end-to-end suite needs the control plane that \
+                 `make e2e` (scripts/e2e.sh) builds and starts"
+            )
+        });
+        let text = std::fs::read_to_string(&env_file)
+            .unwrap_or_else(|e| panic!("{env_file}: {e}: was the control plane started?"));
+        let env: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
+        let get =
+            |k: &str| PathBuf::from(env.get(k).unwrap_or_else(|| panic!("{env_file}: no {k}")));
+        let release = std::env::var_os("SIDECAR_E2E_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join("target/release/sidecar-injector"));
+        assert!(
+            release.exists(),
+            "{}: the release binary is missing (cargo build --release)",
+            release.display()
+        );
+        let dir = get("EGRESS_ROUTES").parent().unwrap().to_path_buf();
+        let overlay = dir.join("overlay");
+        // The self-signed overlay as `make certs` writes it, applied for real.
+        let out = Command::new("bash")
+            .arg(root().join("scripts/selfsigned-overlay.sh"))
+            .arg(&overlay)
+            .env("BIN", &release)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "selfsigned-overlay.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut c = Cluster {
+            kubectl: get("BIN_DIR").join("kubectl"),
+            kubeconfig: get("KUBECONFIG"),
+            routes: get("EGRESS_ROUTES"),
+            webhook_client_ca: get("WEBHOOK_CLIENT_CA"),
+            apiserver: env["APISERVER_URL"].to_string(),
+            dir,
+            overlay,
+            release,
+            service_ip: String::new(),
+        };
+        c.ok(&["apply", "-k", c.overlay.to_str().unwrap()]);
+        c.service_ip = c.ok(&[
+            "-n",
+            "sidecar-injector",
+            "get",
+            "service",
+            "sidecar-injector",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ]);
+        c
+    })
+}
+
+impl Cluster {
+    fn kubectl(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut child = Command::new(&self.kubectl)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e}", self.kubectl.display()));
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.unwrap_or_default());
+        child.wait_with_output().unwrap()
+    }
+
+    /// kubectl that must succeed; its stdout, trimmed.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args, None);
+        assert!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn apply(&self, object: &Value) -> Output {
+        self.kubectl(&["apply", "-f", "-"], Some(object.to_string().as_bytes()))
+    }
+
+    fn apply_ok(&self, object: &Value) -> Output {
+        let out = self.apply(object);
+        assert!(
+            out.status.success(),
+            "kubectl apply {}/{}: {}",
+            object["kind"].as_str().unwrap_or(""),
+            object["metadata"]["name"].as_str().unwrap_or(""),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn get(&self, ns: &str, what: &str) -> Value {
+        serde_json::from_str(&self.ok(&["-n", ns, "get", what, "-o", "json"])).unwrap()
+    }
+
+    /// A namespace with these labels, once its "default" ServiceAccount exists (the
+    /// ServiceAccount admission plugin refuses pods before that).
+    fn namespace(&self, name: &str, labels: Value) {
+        self.apply_ok(&json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": labels}}));
+        wait_for(
+            &format!("serviceaccount {name}/default"),
+            Duration::from_secs(30),
+            || {
+                self.kubectl(&["-n", name, "get", "serviceaccount", "default"], None)
+                    .status
+                    .success()
+            },
+        );
+    }
+
+    /// Sends the webhook Service `service`'s calls to `addr`.
+    fn route(&self, service_ip: &str, addr: &str) {
+        let mut routes: Vec<String> = std::fs::read_to_string(&self.routes)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{service_ip}:443 ")))
+            .map(String::from)
+            .collect();
+        routes.push(format!("{service_ip}:443 {addr}"));
+        let tmp = self.routes.with_extension("tmp");
+        std::fs::write(&tmp, routes.join("\n") + "\n").unwrap();
+        std::fs::rename(tmp, &self.routes).unwrap();
+    }
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Scenarios share one control plane and one webhook: one at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The webhook as deployed: the release binary with the overlay's serving pair.
+fn webhook_args(c: &Cluster) -> Vec<String> {
+    vec![
+        "--tls-cert".into(),
+        c.overlay.join("tls.crt").display().to_string(),
+        "--tls-key".into(),
+        c.overlay.join("tls.key").display().to_string(),
+    ]
+}
+
+static WEBHOOK: Mutex<Option<Server>> = Mutex::new(None);
+
+/// Starts the webhook (if it is not running) with `args` and routes the Service to it.
+fn webhook_with(args: &[String]) -> MutexGuard<'static, Option<Server>> {
+    let c = cluster();
+    let mut w = WEBHOOK.lock().unwrap_or_else(|e| e.into_inner());
+    if w.is_none() {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Server::start_bin(&c.release, &args);
+        c.route(&c.service_ip, &server.addr);
+        *w = Some(server);
+    }
+    w
+}
+
+fn webhook() -> MutexGuard<'static, Option<Server>> {
+    webhook_with(&webhook_args(cluster()))
+}
+
+fn restart_webhook(args: &[String]) {
+    WEBHOOK.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(webhook_with(args));
+}
+
+/// Reviews the webhook has answered so far, whatever the outcome.
+fn reviews(server: &Server) -> u64 {
+    server
+        .metrics_text()
+        .lines()
+        .filter(|l| l.starts_with("sidecar_injector_admission_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn reviews_now() -> u64 {
+    reviews(webhook().as_ref().unwrap())
+}
+
+fn pod(name: &str, annotations: Value, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "annotations": annotations, "labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}})
+}
+
+fn names(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str())
+        .collect()
+}
+
+/// The stored pod has exactly these sidecars once, the shared volume once, the mount in every
+/// app container, and the status marker naming `profiles`.
+fn assert_injected(pod: &Value, sidecars: &[&str], profiles: &[&str]) {
+    let at = format!(
+        "pod {}/{}",
+        pod["metadata"]["namespace"].as_str().unwrap_or(""),
+        pod["metadata"]["name"].as_str().unwrap_or("")
+    );
+    let spec = &pod["spec"];
+    let containers = names(&spec["containers"]);
+    for s in sidecars {
+        assert_eq!(
+            containers.iter().filter(|c| *c == s).count(),
+            1,
+            "{at}: spec.containers should hold {s:?} once: {containers:?}"
+        );
+    }
+    let volumes = names(&spec["volumes"]);
+    assert_eq!(
+        volumes.iter().filter(|v| **v == "shared-data").count(),
+        1,
+        "{at}: spec.volumes should hold shared-data once: {volumes:?}"
+    );
+    for c in spec["containers"].as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        if sidecars.contains(&name) {
+            continue;
+        }
+        let mounts = names(&c["volumeMounts"]);
+        assert!(
+            mounts.contains(&"shared-data"),
+            "{at}: spec.containers[{name}].volumeMounts lacks shared-data: {mounts:?}"
+        );
+    }
+    let status = pod["metadata"]["annotations"][STATUS]
+        .as_str()
+        .unwrap_or_else(|| panic!("{at}: metadata.annotations[{STATUS}] is missing"));
+    let status: Value = serde_json::from_str(status).unwrap();
+    assert_eq!(status["profiles"], json!(profiles), "{at}: {STATUS}");
+}
+
+fn assert_not_injected(pod: &Value) {
+    let at = format!("pod {}", pod["metadata"]["name"].as_str().unwrap_or(""));
+    assert_eq!(
+        names(&pod["spec"]["containers"]),
+        ["app"],
+        "{at}: spec.containers"
+    );
+    assert!(
+        pod["metadata"]["annotations"][STATUS].is_null(),
+        "{at}: {STATUS} is set"
+    );
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn seed_examples_are_stored_with_sidecar_volume_and_mounts() {
+    let _s = serial();
+    let c = cluster();
+    drop(webhook());
+    let examples = root().join("deploy/examples");
+    c.ok(&[
+        "apply",
+        "-f",
+        examples.join("namespace.yaml").to_str().unwrap(),
+    ]);
+    wait_for(
+        "serviceaccount demo/default",
+        Duration::from_secs(30),
+        || {
+            c.kubectl(&["-n", "demo", "get", "serviceaccount", "default"], None)
+                .status
+                .success()
+        },
+    );
+    for f in [
+        "shared-volume-pod.yaml",
+        "share-process-pod.yaml",
+        "deployment.yaml",
+    ] {
+        c.ok(&[
+            "-n",
+            "demo",
+            "apply",
+            "-f",
+            examples.join(f).to_str().unwrap(),
+        ]);
+    }
+
+    let two = c.get("demo", "pod/two-containers");
+    assert_injected(&two, &["sidecar"], &["default"]);
+    let shared = |list: &Value| -> Value {
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == "shared-data")
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let (app, sidecar) = (&two["spec"]["containers"][0], &two["spec"]["containers"][1]);
+    assert_eq!(
+        shared(&app["volumeMounts"])["mountPath"],
+        "/usr/share/nginx/html",
+        "two-containers: app mount path"
+    );
+    assert_eq!(sidecar["image"], "busybox:1.36");
+    assert_eq!(
+        shared(&sidecar["volumeMounts"])["mountPath"],
+        "/pod-data",
+        "two-containers: sidecar mount path"
+    );
+    assert_eq!(
+        shared(&two["spec"]["volumes"])["emptyDir"],
+        json!({}),
+        "two-containers: shared-data is an emptyDir"
+    );
+
+    let nginx = c.get("demo", "pod/nginx");
+    assert_injected(&nginx, &["sidecar"], &["default"]);
+    assert_eq!(
+        nginx["spec"]["shareProcessNamespace"], true,
+        "nginx: spec.shareProcessNamespace"
+    );
+    let sidecar = &nginx["spec"]["containers"][1];
+    assert_eq!(
+        (&sidecar["stdin"], &sidecar["tty"]),
+        (&json!(true), &json!(true)),
+        "nginx: sidecar stdin/tty"
+    );
+    let sc = &sidecar["securityContext"];
+    assert_eq!(
+        sc["capabilities"]["add"],
+        json!(["SYS_PTRACE", "KILL"]),
+        "nginx: sidecar capabilities.add"
+    );
+    assert_eq!(
+        sc["runAsUser"], 0,
+        "nginx: the app's uid is unknown, so the sidecar runs as root"
+    );
+
+    wait_for("the Deployment's pods", Duration::from_secs(60), || {
+        c.get("demo", "pods")["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["app"] == "web")
+            .count()
+            == 2
+    });
+    for p in c.get("demo", "pods")["items"].as_array().unwrap() {
+        if p["metadata"]["labels"]["app"] == "web" {
+            assert_injected(p, &["sidecar", "log-tailer"], &["default", "logging"]);
+        }
+    }
+}
+
+#[test]
+fn opt_in_and_opt_out_by_namespace_label_annotation_and_label() {
+    let _s = serial();
+    let c = cluster();
+    drop(webhook());
+    c.namespace("optin-labelled", json!({NS_LABEL: "enabled"}));
+    c.namespace("optin-plain", json!({}));
+
+    for (ns, name, annotations, labels, injected) in [
+        ("optin-labelled", "by-namespace", json!({}), json!({}), true),
+        (
+            "optin-labelled",
+            "opted-out",
+            json!({INJECT: "false"}),
+            json!({}),
+            false,
+        ),
+        (
+            "optin-labelled",
+            "opted-out-by-label",
+            json!({}),
+            json!({INJECT: "false"}),
+            false,
+        ),
+        (
+            "optin-plain",
+            "by-annotation",
+            json!({INJECT: "true"}),
+            json!({}),
+            true,
+        ),
+        (
+            "optin-plain",
+            "by-label",
+            json!({}),
+            json!({INJECT: "true"}),
+            true,
+        ),
+        (
+            "optin-plain",
+            "annotation-wins",
+            json!({INJECT: "false"}),
+            json!({INJECT: "true"}),
+            false,
+        ),
+        ("optin-plain", "plain", json!({}), json!({}), false),
+    ] {
+        let mut p = pod(name, annotations, labels);
+        p["metadata"]["namespace"] = json!(ns);
+        c.apply_ok(&p);
+        let stored = c.get(ns, &format!("pod/{name}"));
+        if injected {
+            assert_injected(&stored, &["sidecar"], &["default"]);
+        } else {
+            assert_not_injected(&stored);
+        }
+    }
+}
+
+#[test]
+fn controllers_create_injected_pods_from_annotated_templates() {
+    let _s = serial();
+    let c = cluster();
+    drop(webhook());
+    let ns = "controllers";
+    c.namespace(ns, json!({}));
+    let template = |app: &str, restart: &str| {
+        json!({"metadata": {"labels": {"app": app}, "annotations": {INJECT: "true"}},
+            "spec": {"restartPolicy": restart, "containers": [{"name": "app", "image": "nginx:1.27"}]}})
+    };
+    let selector = |app: &str| json!({"matchLabels": {"app": app}});
+    c.apply_ok(&json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {"replicas": 2, "selector": selector("web"), "template": template("web", "Always")}}));
+    c.apply_ok(&json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db", "namespace": ns},
+        "spec": {"replicas": 1, "serviceName": "db", "selector": selector("db"), "template": template("db", "Always")}}));
+    c.apply_ok(&json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "batch", "namespace": ns},
+        "spec": {"template": template("batch", "Never")}}));
+    // The Deployment's own annotations do not count: only its template's.
+    c.apply_ok(&json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "plain", "namespace": ns, "annotations": {INJECT: "true"}},
+        "spec": {"replicas": 1, "selector": selector("plain"),
+            "template": {"metadata": {"labels": {"app": "plain"}},
+                "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}}}));
+
+    let pods_of = |app: &str| -> Vec<Value> {
+        c.get(ns, "pods")["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["app"] == app)
+            .cloned()
+            .collect()
+    };
+    for (app, count) in [("web", 2), ("db", 1), ("batch", 1), ("plain", 1)] {
+        wait_for(
+            &format!("{count} pod(s) of {ns}/{app}"),
+            Duration::from_secs(60),
+            || pods_of(app).len() >= count,
+        );
+        for p in pods_of(app) {
+            if app == "plain" {
+                assert_not_injected(&p);
+            } else {
+                assert_injected(&p, &["sidecar"], &["default"]);
+            }
+        }
+    }
+}
+
+#[test]
+fn unselected_pods_never_reach_the_webhook() {
+    let _s = serial();
+    let c = cluster();
+    drop(webhook());
+    c.namespace("unselected", json!({}));
+    let before = reviews_now();
+    for i in 0..5 {
+        let mut p = pod(&format!("plain-{i}"), json!({}), json!({}));
+        p["metadata"]["namespace"] = json!("unselected");
+        c.apply_ok(&p);
+    }
+    assert_eq!(
+        reviews_now(),
+        before,
+        "plain pods in an unlabelled namespace reached the webhook"
+    );
+
+    // System namespaces and the injector's own: never sent, whatever their labels and the
+    // pod's annotation.
+    for ns in ["kube-system", "sidecar-injector"] {
+        c.ok(&[
+            "label",
+            "--overwrite",
+            "namespace",
+            ns,
+            &format!("{NS_LABEL}=enabled"),
+        ]);
+        wait_for(
+            &format!("serviceaccount {ns}/default"),
+            Duration::from_secs(30),
+            || {
+                c.kubectl(&["-n", ns, "get", "serviceaccount", "default"], None)
+                    .status
+                    .success()
+            },
+        );
+        let before = reviews_now();
+        for (name, annotations) in [
+            ("labelled-ns", json!({})),
+            ("opted-in", json!({INJECT: "true"})),
+        ] {
+            let mut p = pod(name, annotations, json!({}));
+            p["metadata"]["namespace"] = json!(ns);
+            // The injector's namespace enforces "restricted": a compliant pod.
+            p["spec"]["securityContext"] = json!({"runAsNonRoot": true, "runAsUser": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"}});
+            p["spec"]["containers"][0]["securityContext"] =
+                json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
+            c.apply_ok(&p);
+            assert_not_injected(&c.get(ns, &format!("pod/{name}")));
+        }
+        assert_eq!(reviews_now(), before, "a pod in {ns} reached the webhook");
+        c.ok(&["label", "namespace", ns, &format!("{NS_LABEL}-")]);
+    }
+}
+
+#[test]
+fn denials_and_warnings_reach_the_user_through_kubectl() {
+    let _s = serial();
+    let c = cluster();
+    drop(webhook());
+    let ns = "denials";
+    c.namespace(ns, json!({}));
+
+    let mut bad = pod("bad-value", json!({INJECT: "yes"}), json!({}));
+    bad["metadata"]["namespace"] = json!(ns);
+    let out = c.apply(&bad);
+    assert!(!out.status.success(), "a bad annotation value was admitted");
+    let err = stderr(&out);
+    assert!(
+        err.contains("denied the request") && err.contains(INJECT) && err.contains("\"yes\""),
+        "kubectl does not show the webhook's message: {err}"
+    );
+
+    let mut clash = pod("clash", json!({INJECT: "true"}), json!({}));
+    clash["metadata"]["namespace"] = json!(ns);
+    clash["spec"]["containers"][0]["name"] = json!("sidecar");
+    let out = c.apply(&clash);
+    assert!(!out.status.success(), "a name clash was admitted");
+    let err = stderr(&out);
+    assert!(
+        err.contains("\"sidecar\"") && err.contains("opt this pod out"),
+        "{err}"
+    );
+
+    let mut share = pod(
+        "share",
+        json!({INJECT: "true", "sidecar-injector.io/share-process-namespace": "true"}),
+        json!({}),
+    );
+    share["metadata"]["namespace"] = json!(ns);
+    let out = c.apply_ok(&share);
+    let err = stderr(&out);
+    assert!(
+        err.contains("Warning:") && err.contains("SYS_PTRACE") && err.contains("\"baseline\""),
+        "kubectl does not print the SYS_PTRACE warning: {err}"
+    );
+}
+
+#[test]
+fn reinvocation_with_a_second_injector_injects_once() {
+    let _s = serial();
+    let c = cluster();
+    drop(webhook());
+    let ns = "reinvocation";
+    c.namespace(ns, json!({NS_LABEL: "enabled"}));
+    // A second instance with another profile, behind a Service and webhook of its own that
+    // also selects this namespace; the apiserver calls both, and each again (IfNeeded) when
+    // the other changed the pod.
+    let config = c.dir.join("second-config.yaml");
+    let default = std::fs::read_to_string(root().join("src/default-config.yaml")).unwrap();
+    std::fs::write(
+        &config,
+        default.replace("defaultProfiles: [default]", "defaultProfiles: [logging]"),
+    )
+    .unwrap();
+    let certs = c.dir.join("second-certs");
+    let out = Command::new(&c.release)
+        .args([
+            "certs",
+            "--out",
+            certs.to_str().unwrap(),
+            "--dns",
+            "second.sidecar-injector.svc",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "certs: {}", stderr(&out));
+    let file = |f: &str| certs.join(f).display().to_string();
+    let second = Server::start_bin(
+        &c.release,
+        &[
+            "--tls-cert",
+            &file("tls.crt"),
+            "--tls-key",
+            &file("tls.key"),
+            "--config",
+            &config.display().to_string(),
+        ],
+    );
+    c.apply_ok(&json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "second", "namespace": "sidecar-injector"},
+        "spec": {"ports": [{"port": 443, "targetPort": 8443}]}}));
+    let ip = c.ok(&[
+        "-n",
+        "sidecar-injector",
+        "get",
+        "service",
+        "second",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    c.route(&ip, &second.addr);
+    let ca = base64_encode(&std::fs::read(certs.join("ca.crt")).unwrap());
+    c.apply_ok(&json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "zz-second"},
+        "webhooks": [{"name": "second.sidecar-injector.io", "admissionReviewVersions": ["v1"],
+            "sideEffects": "None", "reinvocationPolicy": "IfNeeded", "failurePolicy": "Fail",
+            "clientConfig": {"caBundle": ca, "service": {"name": "second", "namespace": "sidecar-injector",
+                "path": "/mutate/enabled", "port": 443}},
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}]}]}));
+    // The apiserver picks up a new configuration asynchronously: wait until the second is called.
+    let mut i = 0;
+    wait_for(
+        "the second webhook to be called",
+        Duration::from_secs(20),
+        || {
+            i += 1;
+            let mut p = pod(&format!("warmup-{i}"), json!({}), json!({}));
+            p["metadata"]["namespace"] = json!(ns);
+            c.apply_ok(&p);
+            reviews(&second) > 0
+        },
+    );
+
+    let mut p = pod("two-apps", json!({}), json!({}));
+    p["metadata"]["namespace"] = json!(ns);
+    p["spec"]["containers"] = json!([{"name": "app", "image": "nginx:1.27"}, {"name": "worker", "image": "busybox:1.36"}]);
+    let (first_before, second_before) = (reviews_now(), reviews(&second));
+    c.apply_ok(&p);
+    let stored = c.get(ns, "pod/two-apps");
+    // The first configuration (by name) injects; the second sees the marker and leaves the
+    // pod as it is, on its first call and on reinvocation: one injection, never two.
+    assert_injected(&stored, &["sidecar"], &["default"]);
+    let containers = names(&stored["spec"]["containers"]);
+    assert_eq!(
+        containers,
+        ["app", "worker", "sidecar"],
+        "pod {ns}/two-apps: spec.containers"
+    );
+    assert!(
+        reviews_now() > first_before && reviews(&second) > second_before,
+        "both webhooks were called"
+    );
+    assert!(
+        second.log_has("reason=already-injected"),
+        "the second injector saw the marker"
+    );
+
+    c.ok(&["delete", "mutatingwebhookconfiguration", "zz-second"]);
+    c.ok(&["-n", "sidecar-injector", "delete", "service", "second"]);
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// A pod create that the webhook configuration sends to us, in a fresh namespace.
+fn create_opted_in(c: &Cluster, ns: &str, name: &str) -> Output {
+    let mut p = pod(name, json!({INJECT: "true"}), json!({}));
+    p["metadata"]["namespace"] = json!(ns);
+    c.apply(&p)
+}
+
+#[test]
+fn failure_policy_refuses_opted_in_pods_while_the_webhook_is_down() {
+    let _s = serial();
+    let c = cluster();
+    let ns = "failure-policy";
+    c.namespace(ns, json!({}));
+    WEBHOOK.lock().unwrap_or_else(|e| e.into_inner()).take();
+
+    let out = create_opted_in(c, ns, "while-down");
+    assert!(
+        !out.status.success(),
+        "an opted-in pod was admitted without the webhook"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("failed calling webhook") && err.contains("pod.sidecar-injector.io"),
+        "the refusal does not name the webhook: {err}"
+    );
+    let mut plain = pod("plain-while-down", json!({}), json!({}));
+    plain["metadata"]["namespace"] = json!(ns);
+    c.apply_ok(&plain);
+
+    drop(webhook());
+    let out = create_opted_in(c, ns, "after-restart");
+    assert!(out.status.success(), "after the restart: {}", stderr(&out));
+    assert_injected(&c.get(ns, "pod/after-restart"), &["sidecar"], &["default"]);
+}
+
+#[test]
+fn mtls_accepts_the_apiservers_client_certificate_and_refuses_other_cas() {
+    let _s = serial();
+    let c = cluster();
+    let ns = "mtls";
+    c.namespace(ns, json!({}));
+    let mut args = webhook_args(c);
+    args.extend([
+        "--client-ca".into(),
+        c.webhook_client_ca.display().to_string(),
+    ]);
+    restart_webhook(&args);
+    let out = create_opted_in(c, ns, "with-client-cert");
+    assert!(
+        out.status.success(),
+        "with --client-ca of the apiserver's client CA: {}",
+        stderr(&out)
+    );
+    assert_injected(
+        &c.get(ns, "pod/with-client-cert"),
+        &["sidecar"],
+        &["default"],
+    );
+
+    // Another CA (the serving CA) does not vouch for the apiserver's client certificate.
+    let mut args = webhook_args(c);
+    args.extend([
+        "--client-ca".into(),
+        c.overlay.join("ca.crt").display().to_string(),
+    ]);
+    restart_webhook(&args);
+    let out = create_opted_in(c, ns, "other-ca");
+    assert!(
+        !out.status.success(),
+        "the apiserver's call was accepted under another client CA"
+    );
+    assert!(
+        stderr(&out).contains("failed calling webhook"),
+        "{}",
+        stderr(&out)
+    );
+
+    restart_webhook(&webhook_args(c));
+}
+
+#[test]
+fn certificate_rotation_with_an_overlapping_ca_bundle_fails_no_create() {
+    let _s = serial();
+    let c = cluster();
+    let ns = "rotation";
+    c.namespace(ns, json!({}));
+    let secret = c.dir.join("rotation-secret");
+    let _ = std::fs::remove_dir_all(&secret);
+    std::fs::create_dir_all(&secret).unwrap();
+    let read = |dir: &Path, f: &str| std::fs::read(dir.join(f)).unwrap();
+    common::write_secret_version(
+        &secret,
+        "v1",
+        &read(&c.overlay, "tls.crt"),
+        &read(&c.overlay, "tls.key"),
+    );
+    let next = c.dir.join("rotation-next");
+    let out = Command::new(&c.release)
+        .args(["certs", "--out", next.to_str().unwrap(), "--dns"])
+        .args([
+            "sidecar-injector.sidecar-injector.svc",
+            "sidecar-injector.sidecar-injector.svc.cluster.local",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "certs: {}", stderr(&out));
+    restart_webhook(&[
+        "--tls-cert".into(),
+        secret.join("tls.crt").display().to_string(),
+        "--tls-key".into(),
+        secret.join("tls.key").display().to_string(),
+        "--reload-interval".into(),
+        "0.2".into(),
+    ]);
+    let set_bundle = |pem: &[u8]| {
+        let ca = base64_encode(pem);
+        let patch = json!([
+            {"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": ca},
+            {"op": "replace", "path": "/webhooks/1/clientConfig/caBundle", "value": ca}]);
+        c.ok(&[
+            "patch",
+            "mutatingwebhookconfiguration",
+            "sidecar-injector",
+            "--type=json",
+            "-p",
+            &patch.to_string(),
+        ]);
+    };
+    let (old_ca, new_ca) = (read(&c.overlay, "ca.crt"), read(&next, "ca.crt"));
+    // Overlap first: the bundle trusts both CAs before the certificate changes.
+    set_bundle(&[old_ca.as_slice(), new_ca.as_slice()].concat());
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (created, failures) = std::thread::scope(|s| {
+        let creator = s.spawn(|| {
+            let (mut created, mut failures) = (0, Vec::new());
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let out = create_opted_in(c, ns, &format!("p{i}"));
+                if out.status.success() {
+                    created += 1;
+                } else {
+                    failures.push(stderr(&out));
+                }
+            }
+            (created, failures)
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        common::write_secret_version(
+            &secret,
+            "v2",
+            &read(&next, "tls.crt"),
+            &read(&next, "tls.key"),
+        );
+        wait_for(
+            "the server to load the new certificate",
+            Duration::from_secs(10),
+            || webhook().as_ref().unwrap().log_has("certificate reloaded"),
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        // Only the new CA: the apiserver's next connections must get the new certificate.
+        set_bundle(&new_ca);
+        std::thread::sleep(Duration::from_secs(4));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        creator.join().unwrap()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {} creates failed during rotation: {:?}",
+        failures.len(),
+        created + failures.len(),
+        failures
+    );
+    assert!(created >= 10, "only {created} creates during the rotation");
+    for p in c.get(ns, "pods")["items"].as_array().unwrap() {
+        assert_injected(p, &["sidecar"], &["default"]);
+    }
+
+    // Back to the overlay's pair and bundle; wait until the apiserver uses them.
+    c.ok(&["apply", "-k", c.overlay.to_str().unwrap()]);
+    restart_webhook(&webhook_args(c));
+    let mut i = 0;
+    wait_for(
+        "the restored configuration",
+        Duration::from_secs(20),
+        || {
+            i += 1;
+            create_opted_in(c, ns, &format!("restored-{i}"))
+                .status
+                .success()
+        },
+    );
+}
+
+/// What kubectl reads from a manifest: every document as JSON objects.
+fn kubectl_reads(c: &Cluster, yaml: &[u8]) -> Vec<Value> {
+    let out = c.kubectl(
+        &["create", "--dry-run=client", "-o", "json", "-f", "-"],
+        Some(yaml),
+    );
+    assert!(
+        out.status.success(),
+        "kubectl cannot read: {}",
+        stderr(&out)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    match v["kind"].as_str() {
+        Some("List") => v["items"].as_array().unwrap().clone(),
+        _ => vec![v],
+    }
+}
+
+#[test]
+fn inject_output_is_read_back_unchanged_by_kubectl_and_the_apiserver() {
+    let _s = serial();
+    let c = cluster();
+    drop(webhook());
+    let ns = "inject-dry-run";
+    c.namespace(ns, json!({}));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("deploy/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap() != "namespace.yaml")
+        .collect();
+    files.push(root().join("tests/fixtures/manifests/yaml11-strings.yaml"));
+    for file in files {
+        let at = file.display();
+        let out = Command::new(&c.release)
+            .args(["inject", "-f"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "inject -f {at}: {}", stderr(&out));
+        let injected = out.stdout;
+        let applied = c.kubectl(
+            &[
+                "-n",
+                ns,
+                "apply",
+                "--dry-run=server",
+                "-o",
+                "json",
+                "-f",
+                "-",
+            ],
+            Some(&injected),
+        );
+        assert!(
+            applied.status.success(),
+            "inject -f {at} | kubectl apply --dry-run=server: {}",
+            stderr(&applied)
+        );
+        // Every string the user wrote reads back as the same string.
+        let original = kubectl_reads(c, &std::fs::read(&file).unwrap());
+        let read_back = kubectl_reads(c, &injected);
+        assert_eq!(original.len(), read_back.len(), "{at}: document count");
+        for (before, after) in original.iter().zip(&read_back) {
+            let name = format!("{at}: {}/{}", before["kind"], before["metadata"]["name"]);
+            assert_eq!(before["data"], after["data"], "{name}: data");
+            for (k, v) in before["metadata"]["annotations"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                assert_eq!(
+                    &after["metadata"]["annotations"][k], v,
+                    "{name}: annotation {k}"
+                );
+            }
+            let (t0, t1) = (&before["spec"]["template"], &after["spec"]["template"]);
+            assert_eq!(
+                t0["metadata"]["labels"], t1["metadata"]["labels"],
+                "{name}: template labels"
+            );
+            for (k, v) in t0["metadata"]["annotations"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                assert_eq!(
+                    &t1["metadata"]["annotations"][k], v,
+                    "{name}: template annotation {k}"
+                );
+            }
+            let (c0, c1) = (&t0["spec"]["containers"][0], &t1["spec"]["containers"][0]);
+            assert_eq!(c0["args"], c1["args"], "{name}: args");
+            assert_eq!(c0["env"], c1["env"], "{name}: env");
+        }
+    }
+}
+
+#[test]
+fn every_kustomization_in_deploy_is_accepted_by_the_apiserver() {
+    let _s = serial();
+    let c = cluster();
+    // The base alone (no serving certificate) and the self-signed overlay (applied for real
+    // when the suite starts).
+    c.ok(&[
+        "apply",
+        "--dry-run=server",
+        "-k",
+        root().join("deploy").to_str().unwrap(),
+    ]);
+    c.ok(&[
+        "apply",
+        "--dry-run=server",
+        "-k",
+        c.overlay.to_str().unwrap(),
+    ]);
+    let mwc: Value = serde_json::from_str(&c.ok(&[
+        "get",
+        "mutatingwebhookconfiguration",
+        "sidecar-injector",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let ca = base64_encode(&std::fs::read(c.overlay.join("ca.crt")).unwrap());
+    for h in mwc["webhooks"].as_array().unwrap() {
+        assert_eq!(
+            h["clientConfig"]["caBundle"],
+            json!(ca),
+            "{}: caBundle",
+            h["name"]
+        );
+    }
+    let secret = c.get("sidecar-injector", "secret/sidecar-injector-tls");
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+}
+
+/// The bucket bound at or below which `q` of the observations of a Prometheus histogram fall.
+fn histogram_quantile(metrics: &str, series: &str, q: f64) -> Option<(f64, u64)> {
+    let buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{series}_bucket{{")))
+        .filter_map(|l| {
+            let le = l.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, l.rsplit(' ').next()?.parse().ok()?))
+        })
+        .collect();
+    let total = buckets.iter().map(|b| b.1).fold(0.0, f64::max);
+    let bound = buckets.iter().find(|(_, n)| *n >= q * total)?.0;
+    Some((bound, total as u64))
+}
+
+#[test]
+fn latency_as_the_apiserver_sees_it() {
+    let _s = serial();
+    let c = cluster();
+    drop(webhook());
+    const N: usize = 1000;
+    c.namespace("latency-webhook", json!({NS_LABEL: "enabled"}));
+    c.namespace("latency-plain", json!({}));
+    let pem = |f: &str| std::fs::read(c.dir.join("pki").join(f)).unwrap();
+    let identity =
+        reqwest::Identity::from_pem(&[pem("admin.crt"), pem("admin.key")].concat()).unwrap();
+    let ca = reqwest::Certificate::from_pem(&pem("ca.crt")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .identity(identity)
+        .build()
+        .unwrap();
+    // A realistic pod (the benchmark's) in each namespace, created one after another.
+    let review: Value = serde_json::from_slice(
+        &std::fs::read(root().join("benches/fixtures/pod-create-realistic.json")).unwrap(),
+    )
+    .unwrap();
+    let realistic = review["request"]["object"].clone();
+    let mut annotations = realistic["metadata"]["annotations"].clone();
+    annotations.as_object_mut().unwrap().remove(INJECT);
+    let create_all = |ns: &str| -> Vec<Duration> {
+        rt.block_on(async {
+            let mut times = Vec::with_capacity(N);
+            for i in 0..N {
+                let mut p = realistic.clone();
+                p.as_object_mut().unwrap().remove("status");
+                // Its ServiceAccount does not exist here.
+                for k in ["serviceAccountName", "serviceAccount"] {
+                    p["spec"].as_object_mut().unwrap().remove(k);
+                }
+                p["metadata"] = json!({"name": format!("p{i}"), "namespace": ns,
+                    "labels": realistic["metadata"]["labels"], "annotations": annotations});
+                let url = format!("{}/api/v1/namespaces/{ns}/pods", c.apiserver);
+                let start = Instant::now();
+                let res = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(p.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = res.status();
+                let body = res.text().await.unwrap();
+                assert!(status.is_success(), "create {ns}/p{i}: {status}: {body}");
+                times.push(start.elapsed());
+            }
+            times.sort();
+            times
+        })
+    };
+    let plain = create_all("latency-plain");
+    let hooked = create_all("latency-webhook");
+    let injected = c.get("latency-webhook", "pods")["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| !p["metadata"]["annotations"][STATUS].is_null())
+        .count();
+    assert_eq!(
+        injected, N,
+        "every pod in the labelled namespace is injected"
+    );
+
+    let metrics = c.ok(&["get", "--raw", "/metrics"]);
+    let series = "apiserver_admission_webhook_admission_duration_seconds";
+    let ours: String = metrics
+        .lines()
+        .filter(|l| {
+            l.contains("name=\"namespace.sidecar-injector.io\"") && l.contains("type=\"admit\"")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let (p50, count) =
+        histogram_quantile(&ours, series, 0.5).expect("the apiserver's webhook histogram");
+    let (p99, _) = histogram_quantile(&ours, series, 0.99).unwrap();
+    let q = |t: &[Duration], q: f64| {
+        t[((t.len() as f64 * q) as usize).min(t.len() - 1)].as_secs_f64() * 1e3
+    };
+    let report = format!(
+        "| measure (N = {N} sequential creates, realistic pod) | p50 | p99 |\n|---|---|---|\n\
+         | pod create, no webhook (client side) | {:.2} ms | {:.2} ms |\n\
+         | pod create through the webhook (client side) | {:.2} ms | {:.2} ms |\n\
+         | webhook call as kube-apiserver measures it ({series}, {count} calls; bucket bound) | <= {} ms | <= {} ms |\n",
+        q(&plain, 0.5), q(&plain, 0.99), q(&hooked, 0.5), q(&hooked, 0.99), p50 * 1e3, p99 * 1e3
+    );
+    let out = root().join("target/e2e");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("latency.md"), &report).unwrap();
+    eprintln!("{report}");
+}
