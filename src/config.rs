@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::podsecurity::{container_level, Level};
+use crate::yaml::YamlError;
 
 /// The configuration that applies when `--config` is not given.
 pub const DEFAULT_CONFIG_YAML: &str = include_str!("default-config.yaml");
@@ -26,8 +27,8 @@ pub enum ConfigError {
     #[error("{path}:{line}:{column}: {reason}")]
     Parse {
         path: String,
-        line: usize,
-        column: usize,
+        line: u64,
+        column: u64,
         reason: String,
     },
     #[error("{path}: {reason}")]
@@ -170,14 +171,21 @@ impl Config {
 
     /// Parses and validates a config; `origin` names it in errors.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = serde_yaml::from_str(text).map_err(|e| {
-            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-            ConfigError::Parse {
+        let raw: RawConfig = crate::yaml::from_str(text).map_err(|e| match e {
+            YamlError::Parse {
+                line,
+                column,
+                reason,
+            } => ConfigError::Parse {
                 path: origin.to_string(),
                 line,
                 column,
-                reason: e.to_string(),
-            }
+                reason,
+            },
+            other => ConfigError::Invalid {
+                path: origin.to_string(),
+                reason: other.to_string(),
+            },
         })?;
         compile(raw).map_err(|reason| ConfigError::Invalid {
             path: origin.to_string(),

@@ -1,6 +1,6 @@
 //! sidecar-injector: a Kubernetes mutating admission webhook that injects sidecars.
 //!
-//! The pure core (`inject`, `podsecurity`, `admission`, `manifest`, `config`) does no I/O; the server
+//! The pure core (`inject`, `podsecurity`, `admission`, `manifest`, `config`, `yaml`) does no I/O; the server
 //! (`server`, `tls`, `reload`, `metrics`) and the CLI (`cli`) are thin shells around it.
 #![forbid(unsafe_code)]
 
@@ -16,3 +16,4 @@ pub mod podsecurity;
 pub mod reload;
 pub mod server;
 pub mod tls;
+pub mod yaml;

@@ -2,19 +2,17 @@
 //! with the sidecars injected into every pod or pod template the rules select. Pure: text in,
 //! text out.
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config::Config;
 use crate::inject::{decide, Decision, Policy};
 use crate::pod::PodView;
+use crate::yaml::{read_documents, write_document, YamlError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("document {index}: {reason}")]
-    Parse { index: usize, reason: String },
-    #[error("cannot write YAML: {0}")]
-    Render(String),
+    #[error("{0}")]
+    Yaml(#[from] YamlError),
 }
 
 /// The result of `inject` over a stream of documents.
@@ -98,26 +96,16 @@ fn process(doc: &mut Value, policy: Policy, config: &Config, report: &mut Report
 /// Injects into every selected pod template of `text`.
 pub fn inject(text: &str, policy: Policy, config: &Config) -> Result<Report, ManifestError> {
     let mut report = Report::default();
-    let mut docs = Vec::new();
-    for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let mut doc = Value::deserialize(de).map_err(|e| ManifestError::Parse {
-            index: index + 1,
-            reason: e.to_string(),
-        })?;
-        if doc.is_null() {
-            continue;
-        }
-        process(&mut doc, policy, config, &mut report);
-        docs.push(doc);
+    let mut docs = read_documents(text)?;
+    for doc in &mut docs {
+        process(doc, policy, config, &mut report);
     }
     let mut out = String::new();
     for doc in &docs {
         if !out.is_empty() {
             out.push_str("---\n");
         }
-        out.push_str(
-            &serde_yaml::to_string(doc).map_err(|e| ManifestError::Render(e.to_string()))?,
-        );
+        out.push_str(&write_document(doc)?);
     }
     report.output = out;
     Ok(report)

@@ -6,10 +6,7 @@ use common::*;
 use serde_json::Value;
 
 fn yaml_docs(text: &str) -> Vec<Value> {
-    use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(text)
-        .map(|d| Value::deserialize(d).unwrap())
-        .collect()
+    sidecar_injector::yaml::read_documents(text).unwrap()
 }
 
 #[test]

@@ -9,11 +9,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use serde::Deserialize;
 use serde_json::Value;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read_yaml(bytes: &[u8]) -> Vec<Value> {
+    sidecar_injector::yaml::read_documents(std::str::from_utf8(bytes).unwrap()).unwrap()
 }
 
 fn kustomize(dir: &Path) -> Vec<Value> {
@@ -27,10 +30,7 @@ fn kustomize(dir: &Path) -> Vec<Value> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_yaml::Deserializer::from_slice(&out.stdout)
-        .map(|d| Value::deserialize(d).unwrap())
-        .filter(|v| !v.is_null())
-        .collect()
+    read_yaml(&out.stdout)
 }
 
 /// Validates every object whose schema Kubernetes ships (not cert-manager's CRDs).
@@ -258,7 +258,7 @@ fn match_conditions_send_only_pods_with_the_opt_in_key() {
     ));
     for example in ["shared-volume-pod.yaml", "share-process-pod.yaml"] {
         let text = std::fs::read_to_string(root().join("deploy/examples").join(example)).unwrap();
-        let pod: Value = serde_yaml::from_str(&text).unwrap();
+        let pod = read_yaml(text.as_bytes()).remove(0);
         assert!(cel_selects(conditions, &pod), "{example}");
     }
 }
@@ -337,7 +337,7 @@ fn examples_inject_and_validate() {
             "{example}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let doc: Value = serde_yaml::from_slice(&out.stdout).unwrap();
+        let doc = read_yaml(&out.stdout).remove(0);
         if doc["kind"] != "Namespace" {
             let text = serde_json::to_string(&doc).unwrap();
             assert!(

@@ -949,11 +949,11 @@ fn kubectl_reads(c: &Cluster, yaml: &[u8]) -> Vec<Value> {
         "kubectl cannot read: {}",
         stderr(&out)
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    match v["kind"].as_str() {
-        Some("List") => v["items"].as_array().unwrap().clone(),
-        _ => vec![v],
-    }
+    // One JSON object per document, one after another.
+    serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter::<Value>()
+        .map(Result::unwrap)
+        .collect()
 }
 
 #[test]
