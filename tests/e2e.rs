@@ -10,6 +10,9 @@
 //! nothing leaves loopback. No kubelet: pods are admitted, stored and stay Pending.
 
 mod common;
+#[path = "common/invariants.rs"]
+#[allow(dead_code)]
+mod invariants;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -299,6 +302,7 @@ fn assert_injected(pod: &Value, sidecars: &[&str], profiles: &[&str]) {
     let status = pod["metadata"]["annotations"][STATUS]
         .as_str()
         .unwrap_or_else(|| panic!("{at}: metadata.annotations[{STATUS}] is missing"));
+    invariants::assert_kubelet_starts_injected(pod);
     let status: Value = serde_json::from_str(status).unwrap();
     assert_eq!(status["profiles"], json!(profiles), "{at}: {STATUS}");
 }
@@ -1194,4 +1198,175 @@ fn latency_as_the_apiserver_sees_it() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("latency.md"), &report).unwrap();
     eprintln!("{report}");
+}
+
+/// A pod that Pod Security "restricted" admits on its own, with pod-level `extra` settings.
+fn restricted_pod(
+    name: &str,
+    annotations: Value,
+    pod_security: Value,
+    app_security: Value,
+) -> Value {
+    let mut p = pod(name, annotations, json!({}));
+    let mut sc = json!({"seccompProfile": {"type": "RuntimeDefault"}});
+    for (k, v) in pod_security.as_object().unwrap() {
+        sc[k] = v.clone();
+    }
+    p["spec"]["securityContext"] = sc;
+    let mut app = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
+    for (k, v) in app_security.as_object().unwrap() {
+        app[k] = v.clone();
+    }
+    p["spec"]["containers"][0]["securityContext"] = app;
+    p
+}
+
+#[test]
+fn pod_security_levels_admit_injected_pods_as_documented() {
+    let _s = serial();
+    let c = cluster();
+    drop(webhook());
+    const SHARE: &str = "sidecar-injector.io/share-process-namespace";
+    for level in ["privileged", "baseline", "restricted"] {
+        c.namespace(
+            &format!("pss-{level}"),
+            json!({"pod-security.kubernetes.io/enforce": level}),
+        );
+    }
+    let non_root = json!({"runAsNonRoot": true});
+    let as_1001 = json!({"runAsNonRoot": true, "runAsUser": 1001});
+    enum Expect {
+        Admitted,
+        /// Denied by us with 409, naming this.
+        Conflict(&'static str),
+        /// Denied by the PodSecurity admission plugin at this level.
+        PodSecurity(&'static str),
+    }
+    use Expect::*;
+    let cases = [
+        // The default sidecar needs nothing: a compliant app stays admitted at every level.
+        (
+            "privileged",
+            "plain",
+            json!({INJECT: "true"}),
+            non_root.clone(),
+            json!({}),
+            Admitted,
+        ),
+        (
+            "baseline",
+            "plain",
+            json!({INJECT: "true"}),
+            non_root.clone(),
+            json!({}),
+            Admitted,
+        ),
+        (
+            "restricted",
+            "plain",
+            json!({INJECT: "true"}),
+            non_root.clone(),
+            json!({}),
+            Admitted,
+        ),
+        // Sharing with a known app uid: the sidecar takes it, no capability: still restricted.
+        (
+            "restricted",
+            "share-uid",
+            json!({INJECT: "true", SHARE: "true"}),
+            as_1001.clone(),
+            json!({}),
+            Admitted,
+        ),
+        (
+            "baseline",
+            "share-uid",
+            json!({INJECT: "true", SHARE: "true"}),
+            as_1001.clone(),
+            json!({}),
+            Admitted,
+        ),
+        // Sharing with an unknown uid under pod runAsNonRoot: the kubelet would never start a
+        // root sidecar, so we refuse it and say how to fix it.
+        (
+            "restricted",
+            "share-nonroot",
+            json!({INJECT: "true", SHARE: "true"}),
+            non_root.clone(),
+            json!({}),
+            Conflict("runAsUser"),
+        ),
+        // Unknown uid, runAsNonRoot only on the app container: root + SYS_PTRACE + KILL, which
+        // only "privileged" admits.
+        (
+            "restricted",
+            "share-root",
+            json!({INJECT: "true", SHARE: "true"}),
+            json!({}),
+            non_root.clone(),
+            PodSecurity("restricted"),
+        ),
+        (
+            "baseline",
+            "share-root",
+            json!({INJECT: "true", SHARE: "true"}),
+            json!({}),
+            non_root.clone(),
+            PodSecurity("baseline"),
+        ),
+        (
+            "privileged",
+            "share-root",
+            json!({INJECT: "true", SHARE: "true"}),
+            json!({}),
+            non_root.clone(),
+            Admitted,
+        ),
+    ];
+    for (level, name, annotations, pod_security, app_security, expect) in cases {
+        let ns = format!("pss-{level}");
+        let mut p = restricted_pod(name, annotations, pod_security, app_security);
+        p["metadata"]["namespace"] = json!(ns);
+        let out = c.apply(&p);
+        let err = stderr(&out);
+        let at = format!("pod {ns}/{name}");
+        match expect {
+            Admitted => {
+                assert!(out.status.success(), "{at}: refused: {err}");
+                let stored = c.get(&ns, &format!("pod/{name}"));
+                assert_injected(&stored, &["sidecar"], &["default"]);
+                let sc = &stored["spec"]["containers"][1]["securityContext"];
+                if name == "share-uid" {
+                    assert_eq!(sc["runAsUser"], 1001, "{at}: sidecar runAsUser");
+                    assert!(
+                        sc["capabilities"].get("add").is_none(),
+                        "{at}: sidecar capabilities.add"
+                    );
+                    assert!(!err.contains("Warning"), "{at}: no warning expected: {err}");
+                }
+                if name == "share-root" {
+                    assert!(
+                        err.contains("\"privileged\" level"),
+                        "{at}: the warning names the level: {err}"
+                    );
+                }
+            }
+            Conflict(word) => {
+                assert!(!out.status.success(), "{at}: admitted");
+                assert!(
+                    err.contains("denied the request")
+                        && err.contains(word)
+                        && err.contains("runAsNonRoot"),
+                    "{at}: {err}"
+                );
+            }
+            PodSecurity(level) => {
+                assert!(!out.status.success(), "{at}: admitted");
+                assert!(
+                    err.contains(&format!("violates PodSecurity \"{level}")),
+                    "{at}: {err}"
+                );
+            }
+        }
+    }
 }

@@ -1,6 +1,10 @@
 //! Property tests: for generated pods, any patch applies, keeps every original field, adds the
 //! sidecar exactly once, yields a valid typed Pod, and a second review adds nothing.
 
+#[path = "common/invariants.rs"]
+#[allow(dead_code)]
+mod invariants;
+
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
 use proptest::prelude::*;
@@ -61,8 +65,15 @@ prop_compose! {
         spn in maybe(any::<bool>()),
         has_annotations in any::<bool>(),
         generate_name in any::<bool>(),
+        pod_user in maybe(prop_oneof![Just(0i64), Just(1001i64), Just(65534i64)]),
+        non_root in maybe(any::<bool>()),
+        container_users in prop::collection::vec(maybe(prop_oneof![Just(0i64), Just(1001i64)]), 4),
     ) -> Value {
-        let containers: Vec<Value> = names.into_iter().zip(mounts).map(|(n, m)| container(n, m)).collect();
+        let mut containers: Vec<Value> = names.into_iter().zip(mounts).map(|(n, m)| container(n, m)).collect();
+        // Who the app runs as: pod-level and per-container settings, known or not.
+        for (c, user) in containers.iter_mut().zip(container_users) {
+            if let Some(u) = user { c["securityContext"] = json!({"runAsUser": u}); }
+        }
         let mut annotations = Map::new();
         let mut labels = Map::new();
         if let Some((where_, v)) = opt {
@@ -87,6 +98,10 @@ prop_compose! {
                 .map(|n| json!({"name": n, "emptyDir": {}})).collect());
         }
         if let Some(b) = spn { spec["shareProcessNamespace"] = json!(b); }
+        let mut security = Map::new();
+        if let Some(u) = pod_user { security.insert("runAsUser".into(), json!(u)); }
+        if let Some(n) = non_root { security.insert("runAsNonRoot".into(), json!(n)); }
+        if !security.is_empty() { spec["securityContext"] = Value::Object(security); }
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
     }
 }
@@ -123,6 +138,7 @@ proptest! {
         json_patch::patch(&mut patched, &ops).unwrap();
         prop_assert!(serde_json::from_value::<Pod>(patched.clone()).is_ok());
         prop_assert!(preserved(&pod, &patched), "original fields changed:\n{}\n{}", pod, patched);
+        invariants::assert_kubelet_starts_injected(&patched);
 
         let spec = &patched["spec"];
         let all = spec["containers"].as_array().unwrap().iter()

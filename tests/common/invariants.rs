@@ -52,6 +52,7 @@ pub fn check_review(data: &[u8], config: &Config) {
         let patch: json_patch::Patch = serde_json::from_slice(&patch).expect("patch is JSON");
         let mut object = request["request"]["object"].clone();
         json_patch::patch(&mut object, &patch).expect("the patch applies to the request object");
+        assert_kubelet_starts_injected(&object);
         let mut again = request.clone();
         again["request"]["object"] = object;
         let again = review(&serde_json::to_vec(&again).unwrap(), policy, config)
@@ -61,6 +62,32 @@ pub fn check_review(data: &[u8], config: &Config) {
             again["response"].get("patch").is_none(),
             "second review adds nothing"
         );
+    }
+}
+
+/// The kubelet's rule for every container we injected: under `runAsNonRoot` (its own, else the
+/// pod's) its user must be known to be non-zero, or the kubelet never starts it.
+pub fn assert_kubelet_starts_injected(pod: &Value) {
+    let Some(status) = pod["metadata"]["annotations"]["sidecar-injector.io/status"].as_str() else {
+        return;
+    };
+    let status: Value = serde_json::from_str(status).expect("the status annotation is JSON");
+    let spec = &pod["spec"];
+    for (list, names) in [
+        ("containers", "containers"),
+        ("initContainers", "initContainers"),
+    ] {
+        for name in status[names].as_array().into_iter().flatten() {
+            let container = spec[list]
+                .as_array()
+                .and_then(|l| l.iter().find(|c| &c["name"] == name))
+                .expect("an injected container is in the pod");
+            assert!(
+                sidecar_injector::podsecurity::kubelet_would_start(container, &spec["securityContext"]),
+                "the kubelet would refuse to start injected container {name}: runAsNonRoot without a \
+                 non-zero runAsUser"
+            );
+        }
     }
 }
 
