@@ -357,13 +357,19 @@ fn bad_annotation(message: String) -> Denial {
     (Reason::BadAnnotation, 400, message)
 }
 
-/// Checks the other keys and builds the patch for a pod that will be injected.
-fn plan<'c>(
-    pod: &PodView<'_>,
-    spec: &Spec<'_>,
-    annotations: &StrMap<'_>,
-    config: &'c Config,
-) -> Result<Injection<'c>, Denial> {
+/// The pod's own choices beside the opt-in key (SPEC "Opting in and out").
+struct Options<'a> {
+    profiles: Vec<&'a str>,
+    share: bool,
+    native: bool,
+    mount_path: Option<&'a str>,
+}
+
+/// Stage 1: reads and checks the other keys (`bad-annotation`).
+fn read_options<'a>(
+    annotations: &'a StrMap<'_>,
+    config: &'a Config,
+) -> Result<Options<'a>, Denial> {
     let profiles: Vec<&str> = match annotations.get(PROFILES_KEY) {
         Some(v) => parse_profiles(v).map_err(bad_annotation)?,
         None => config.default_profiles.iter().map(String::as_str).collect(),
@@ -380,9 +386,31 @@ fn plan<'c>(
         Some(v) => Some(check_mount_path(v).map_err(bad_annotation)?),
         None => None,
     };
+    Ok(Options {
+        profiles,
+        share,
+        native,
+        mount_path,
+    })
+}
 
-    let mut selected = Vec::with_capacity(profiles.len());
-    for name in &profiles {
+/// What the selected profiles add, in list order, each name (and app mount path) once: the
+/// objects borrow from the config (`'c`), a mount path may come from the pod (`'a`).
+struct Additions<'c, 'a> {
+    volumes: Vec<&'c Named>,
+    init_containers: Vec<&'c Named>,
+    sidecars: Vec<&'c Sidecar>,
+    mounts: Vec<(&'a str, Cow<'c, str>)>,
+}
+
+/// Stage 2: the profiles the pod asks for (`unknown-profile`), and what they add; the config
+/// guarantees one definition per name.
+fn select_profiles<'c: 'a, 'a>(
+    options: &Options<'a>,
+    config: &'c Config,
+) -> Result<Additions<'c, 'a>, Denial> {
+    let mut selected = Vec::with_capacity(options.profiles.len());
+    for name in &options.profiles {
         match config.profiles.get(*name) {
             Some(p) => selected.push(p),
             None => {
@@ -397,63 +425,30 @@ fn plan<'c>(
             }
         }
     }
-
-    if share && spec.share_process_namespace == Some(false) {
-        return Err((
-            Reason::Conflict,
-            409,
-            format!(
-                "annotation {SHARE_PROCESS_KEY}: \"true\" conflicts with the pod's \
-                 spec.shareProcessNamespace: false"
-            ),
-        ));
-    }
-
-    let sharing = if !share {
-        Share::No
-    } else if let Some(uid) = spec.app_uid() {
-        Share::SameUid(uid)
-    } else {
-        if spec.run_as_non_root() && selected.iter().any(|p| !p.containers.is_empty()) {
-            return Err((
-                Reason::Conflict,
-                409,
-                format!(
-                    "annotation {SHARE_PROCESS_KEY}: \"true\" needs the sidecar to run as root \
-                     (runAsUser: 0) with SYS_PTRACE and KILL, because the app's uid is not set, \
-                     but the pod's spec.securityContext.runAsNonRoot is true, so the kubelet would \
-                     never start it; set spec.securityContext.runAsUser to the app's uid (or the \
-                     same runAsUser on every app container) and the sidecar runs as that uid \
-                     with no added capability"
-                ),
-            ));
-        }
-        Share::Root
+    let mut add = Additions {
+        volumes: Vec::new(),
+        init_containers: Vec::new(),
+        sidecars: Vec::new(),
+        mounts: Vec::new(),
     };
-
-    // What the profiles add, in list order; the config guarantees one definition per name.
-    let mut volumes: Vec<&Named> = Vec::new();
-    let mut init_containers: Vec<&Named> = Vec::new();
-    let mut sidecars: Vec<&Sidecar> = Vec::new();
-    let mut mounts: Vec<(&str, Cow<'c, str>)> = Vec::new();
     for p in &selected {
         for v in &p.volumes {
-            if !volumes.iter().any(|x| x.name == v.name) {
-                volumes.push(v);
+            if !add.volumes.iter().any(|x| x.name == v.name) {
+                add.volumes.push(v);
             }
         }
         for c in &p.init_containers {
-            if !init_containers.iter().any(|x| x.name == c.name) {
-                init_containers.push(c);
+            if !add.init_containers.iter().any(|x| x.name == c.name) {
+                add.init_containers.push(c);
             }
         }
         for c in &p.containers {
-            if !sidecars.iter().any(|x| x.name == c.name) {
-                sidecars.push(c);
+            if !add.sidecars.iter().any(|x| x.name == c.name) {
+                add.sidecars.push(c);
             }
         }
         for m in &p.app_volume_mounts {
-            let mount = match mount_path {
+            let mount = match options.mount_path {
                 Some(path) if m.name == SHARED_VOLUME => {
                     let mut json = m.json.clone();
                     if let Some(map) = json.as_object_mut() {
@@ -463,16 +458,59 @@ fn plan<'c>(
                 }
                 _ => (m.mount_path.as_str(), Cow::Borrowed(m.text.as_str())),
             };
-            if !mounts.iter().any(|(p, _)| same_path(p, mount.0)) {
-                mounts.push(mount);
+            if !add.mounts.iter().any(|(p, _)| same_path(p, mount.0)) {
+                add.mounts.push(mount);
             }
         }
     }
+    Ok(add)
+}
 
-    // Name clashes: a name we would add that the pod already has.
+/// Stage 3: process sharing against the pod's settings (`conflict`), and how the sidecars
+/// share: as the app's uid when every app container's uid is known, else as root.
+fn check_conflicts(
+    spec: &Spec<'_>,
+    options: &Options<'_>,
+    add: &Additions<'_, '_>,
+) -> Result<Share, Denial> {
+    if !options.share {
+        return Ok(Share::No);
+    }
+    if spec.share_process_namespace == Some(false) {
+        return Err((
+            Reason::Conflict,
+            409,
+            format!(
+                "annotation {SHARE_PROCESS_KEY}: \"true\" conflicts with the pod's \
+                 spec.shareProcessNamespace: false"
+            ),
+        ));
+    }
+    if let Some(uid) = spec.app_uid() {
+        return Ok(Share::SameUid(uid));
+    }
+    if spec.run_as_non_root() && !add.sidecars.is_empty() {
+        return Err((
+            Reason::Conflict,
+            409,
+            format!(
+                "annotation {SHARE_PROCESS_KEY}: \"true\" needs the sidecar to run as root \
+                 (runAsUser: 0) with SYS_PTRACE and KILL, because the app's uid is not set, \
+                 but the pod's spec.securityContext.runAsNonRoot is true, so the kubelet would \
+                 never start it; set spec.securityContext.runAsUser to the app's uid (or the \
+                 same runAsUser on every app container) and the sidecar runs as that uid \
+                 with no added capability"
+            ),
+        ));
+    }
+    Ok(Share::Root)
+}
+
+/// Stage 4: a name or mount path we would add that the pod already has (`name-clash`).
+fn check_clashes(spec: &Spec<'_>, add: &Additions<'_, '_>) -> Result<(), Denial> {
     let existing = all_container_names(spec);
-    let new_names = init_containers.iter().map(|c| &c.name);
-    for name in new_names.chain(sidecars.iter().map(|c| &c.name)) {
+    let new_names = add.init_containers.iter().map(|c| &c.name);
+    for name in new_names.chain(add.sidecars.iter().map(|c| &c.name)) {
         if existing.contains(&name.as_str()) {
             return Err((
                 Reason::NameClash,
@@ -483,7 +521,7 @@ fn plan<'c>(
             ));
         }
     }
-    for v in &volumes {
+    for v in &add.volumes {
         if spec
             .volumes
             .iter()
@@ -502,7 +540,7 @@ fn plan<'c>(
     }
     for c in &spec.containers {
         for m in c.volume_mounts.iter().flatten() {
-            if let Some((path, _)) = mounts.iter().find(|(p, _)| same_path(p, &m.mount_path)) {
+            if let Some((path, _)) = add.mounts.iter().find(|(p, _)| same_path(p, &m.mount_path)) {
                 return Err((
                     Reason::NameClash,
                     409,
@@ -516,18 +554,29 @@ fn plan<'c>(
             }
         }
     }
+    Ok(())
+}
 
+/// Stage 5: the minimal patch (SPEC "What the patch must be") and the status marker.
+fn build_patch<'c>(
+    pod: &PodView<'_>,
+    spec: &Spec<'_>,
+    options: &Options<'_>,
+    add: &Additions<'c, '_>,
+    sharing: Share,
+) -> Injection<'c> {
+    let native = options.native;
     let borrowed = |n: &&'c Named| Cow::Borrowed(n.text.as_str());
     let mut ops = Vec::new();
     append_all(
         &mut ops,
         "/spec/volumes",
         spec.volumes.is_some(),
-        volumes.iter().map(borrowed).collect(),
+        add.volumes.iter().map(borrowed).collect(),
     );
-    let mut new_init: Vec<Cow<'c, str>> = init_containers.iter().map(borrowed).collect();
+    let mut new_init: Vec<Cow<'c, str>> = add.init_containers.iter().map(borrowed).collect();
     if native {
-        new_init.extend(sidecars.iter().map(|c| c.text(true, sharing)));
+        new_init.extend(add.sidecars.iter().map(|c| c.text(true, sharing)));
     }
     append_all(
         &mut ops,
@@ -536,39 +585,42 @@ fn plan<'c>(
         new_init,
     );
     if !native {
-        let items = sidecars.iter().map(|c| c.text(false, sharing)).collect();
+        let items = add
+            .sidecars
+            .iter()
+            .map(|c| c.text(false, sharing))
+            .collect();
         append_all(&mut ops, "/spec/containers", true, items);
     }
     for (i, c) in spec.containers.iter().enumerate() {
-        let items = mounts.iter().map(|(_, text)| text.clone()).collect();
+        let items = add.mounts.iter().map(|(_, text)| text.clone()).collect();
         let base = format!("/spec/containers/{i}/volumeMounts");
         append_all(&mut ops, &base, c.volume_mounts.is_some(), items);
     }
-    let mut warnings = Vec::new();
-    if share && spec.share_process_namespace != Some(true) {
+    if options.share && spec.share_process_namespace != Some(true) {
         ops.push(AddOp {
             path: "/spec/shareProcessNamespace".into(),
             value: Cow::Borrowed("true"),
         });
     }
-    if let Some(warning) = pod_security_warning(&sidecars, native, sharing) {
-        warnings.push(warning);
-    }
+    let warnings = pod_security_warning(&add.sidecars, native, sharing)
+        .into_iter()
+        .collect();
 
     let names = |list: &[&'c Named]| list.iter().map(|n| n.name.as_str()).collect::<Vec<_>>();
-    let sidecar_names = || sidecars.iter().map(|c| c.name.as_str());
+    let sidecar_names = || add.sidecars.iter().map(|c| c.name.as_str());
     let status = to_json_text(&Status {
-        profiles: &profiles,
+        profiles: &options.profiles,
         containers: if native {
             Vec::new()
         } else {
             sidecar_names().collect()
         },
-        init_containers: names(&init_containers)
+        init_containers: names(&add.init_containers)
             .into_iter()
             .chain(sidecar_names().filter(|_| native))
             .collect(),
-        volumes: names(&volumes),
+        volumes: names(&add.volumes),
     });
     let status = to_json_text(&status);
     let key = to_json_text(&STATUS_KEY);
@@ -588,11 +640,26 @@ fn plan<'c>(
         value: Cow::Owned(value),
     });
 
-    Ok(Injection {
+    Injection {
         ops,
         warnings,
-        profiles: profiles.iter().map(|s| s.to_string()).collect(),
-    })
+        profiles: options.profiles.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// Checks the other keys and builds the patch for a pod that will be injected: the SPEC's
+/// precedence is the order of the stages.
+fn plan<'c>(
+    pod: &PodView<'_>,
+    spec: &Spec<'_>,
+    annotations: &StrMap<'_>,
+    config: &'c Config,
+) -> Result<Injection<'c>, Denial> {
+    let options = read_options(annotations, config)?;
+    let add = select_profiles(&options, config)?;
+    let sharing = check_conflicts(spec, &options, &add)?;
+    check_clashes(spec, &add)?;
+    Ok(build_patch(pod, spec, &options, &add, sharing))
 }
 
 #[cfg(test)]

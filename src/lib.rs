@@ -1,7 +1,7 @@
 //! sidecar-injector: a Kubernetes mutating admission webhook that injects sidecars.
 //!
 //! The pure core (`inject`, `podsecurity`, `admission`, `manifest`, `config`, `yaml`) does no I/O; the server
-//! (`server`, `tls`, `reload`, `metrics`) and the CLI (`cli`) are thin shells around it.
+//! (`server`, `state`, `tls`, `reload`, `metrics`) and the CLI (`cli`) are thin shells around it.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -15,5 +15,6 @@ pub mod pod;
 pub mod podsecurity;
 pub mod reload;
 pub mod server;
+pub mod state;
 pub mod tls;
 pub mod yaml;

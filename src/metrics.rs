@@ -9,10 +9,16 @@ use prometheus_client::registry::Registry;
 
 use crate::admission::Outcome;
 use crate::inject::Reason;
+use crate::tls::HandshakeFailure;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     outcome: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
     reason: &'static str,
 }
 
@@ -46,6 +52,7 @@ pub struct Metrics {
     duration: Histogram,
     reloads: Family<ReloadLabels, Counter>,
     cert_expiry: Gauge,
+    handshake_failures: Family<HandshakeLabels, Counter>,
 }
 
 /// The outcome that goes with each reason, so every series exists from the start.
@@ -78,6 +85,19 @@ impl Metrics {
         let duration = Histogram::new(exponential_buckets(0.000025, 2.0, 16));
         let reloads = Family::<ReloadLabels, Counter>::default();
         let cert_expiry = Gauge::default();
+        let handshake_failures = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "sidecar_injector_tls_handshake_failures",
+            "TLS handshakes on the webhook port that failed, by reason",
+            handshake_failures.clone(),
+        );
+        for reason in HandshakeFailure::ALL {
+            handshake_failures
+                .get_or_create(&HandshakeLabels {
+                    reason: reason.as_str(),
+                })
+                .inc_by(0);
+        }
         registry.register(
             "sidecar_injector_admission_requests",
             "Admission requests answered, by outcome and reason",
@@ -126,7 +146,16 @@ impl Metrics {
             duration,
             reloads,
             cert_expiry,
+            handshake_failures,
         }
+    }
+
+    pub fn handshake_failed(&self, reason: HandshakeFailure) {
+        self.handshake_failures
+            .get_or_create(&HandshakeLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
     }
 
     pub fn observe(&self, outcome: Outcome, reason: Reason, seconds: f64) {
@@ -183,5 +212,13 @@ mod tests {
             text.contains("sidecar_injector_reloads_total{kind=\"config\",result=\"failure\"} 1")
         );
         assert!(text.contains("sidecar_injector_certificate_expiry_timestamp_seconds 1900000000"));
+        m.handshake_failed(HandshakeFailure::UnknownCa);
+        let text = m.encode();
+        assert!(
+            text.contains("sidecar_injector_tls_handshake_failures_total{reason=\"unknown-ca\"} 1")
+        );
+        assert!(
+            text.contains("sidecar_injector_tls_handshake_failures_total{reason=\"timeout\"} 0")
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::metrics::ReloadKind;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::tls::{client_verifier, load_pair, CertStore, ClientCa};
 
 /// A set of files read together, remembered by content.

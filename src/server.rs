@@ -3,8 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -18,9 +17,9 @@ use clap::{Args, ValueEnum};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{review, Answer, Outcome, RequestError, MAX_BODY_BYTES};
@@ -28,12 +27,15 @@ use crate::config::Config;
 use crate::inject::Policy;
 use crate::metrics::Metrics;
 use crate::reload::{self, Sources};
-use crate::tls::{self, CertStore};
+use crate::state::AppState;
+use crate::tls::{self, CertStore, HandshakeFailure, RateLimit};
 
 /// A client that has not finished its TLS handshake or sent its request headers by then is
 /// dropped, so slow or silent clients cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most one warning line per interval for refused TLS handshakes.
+const HANDSHAKE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum LogFormat {
@@ -104,41 +106,6 @@ pub struct ServeArgs {
     pub tls: TlsArgs,
     #[command(flatten)]
     pub timing: TimingArgs,
-}
-
-/// What the handlers share.
-pub struct AppState {
-    config: RwLock<Arc<Config>>,
-    pub metrics: Metrics,
-    ready: AtomicBool,
-    /// How long a request body may take to arrive.
-    body_timeout: Duration,
-}
-
-impl AppState {
-    pub fn new(config: Config, metrics: Metrics, body_timeout: Duration) -> AppState {
-        AppState {
-            config: RwLock::new(Arc::new(config)),
-            metrics,
-            ready: AtomicBool::new(false),
-            body_timeout,
-        }
-    }
-
-    pub fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    pub fn set_config(&self, config: Config) {
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
-    }
-
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::SeqCst);
-    }
 }
 
 /// The one place where a bad request becomes an HTTP answer.
@@ -304,7 +271,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::SeqCst) {
+    if state.is_ready() {
         "ok\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
@@ -390,7 +357,16 @@ pub fn serve(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<(
         .block_on(run(args.clone(), config_path))
 }
 
-async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+/// What start-up loads before anything listens: the config, the serving pair, the client CA.
+struct Startup {
+    state: Arc<AppState>,
+    store: Arc<CertStore>,
+    acceptor: TlsAcceptor,
+    sources: Sources,
+    mtls: bool,
+}
+
+fn load(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<Startup> {
     let config_bytes = config_path
         .as_ref()
         .map(|p| read(p, "config"))
@@ -435,43 +411,39 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
         store.clone(),
         client_ca.as_ref().map(|(_, _, ca)| ca.clone()),
     )?;
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config));
-
-    let listener = TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.addr))?;
-    let metrics_listener = TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, mtls = client_ca.is_some(), "webhook listening");
-    tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
-
-    reload::spawn(
-        Sources {
+    Ok(Startup {
+        state,
+        store,
+        acceptor: TlsAcceptor::from(Arc::new(tls_config)),
+        mtls: client_ca.is_some(),
+        sources: Sources {
             cert: cert_source,
             client_ca,
             config: config_path.zip(config_bytes),
         },
-        state.clone(),
-        store,
-        args.timing.reload_interval,
-    );
+    })
+}
 
-    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics_app = metrics_router(state.clone());
-    let metrics_task = tokio::spawn(async move {
+/// The plain-HTTP metrics and probe listener, until `stop` fires.
+fn spawn_metrics(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let stopped = async {
-            let _ = metrics_stopped.await;
+            let _ = stop.await;
         };
-        if let Err(error) = axum::serve(metrics_listener, metrics_app)
+        if let Err(error) = axum::serve(listener, metrics_router(state))
             .with_graceful_shutdown(stopped)
             .await
         {
             tracing::error!(%error, "metrics listener failed");
         }
-    });
+    })
+}
 
-    let app = router(state.clone());
+fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -482,10 +454,71 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
-    let graceful = GracefulShutdown::new();
-    state.set_ready(true);
-    tracing::info!("ready");
+    builder
+}
 
+/// Everything one webhook connection needs, cloned per connection.
+#[derive(Clone)]
+struct Connections {
+    acceptor: TlsAcceptor,
+    builder: auto::Builder<TokioExecutor>,
+    app: Router,
+    state: Arc<AppState>,
+    handshake_log: Arc<RateLimit>,
+}
+
+impl Connections {
+    /// The TLS handshake (bounded; a failure is counted, and logged if it is a refusal),
+    /// then HTTP/1.1 or HTTP/2 until the connection ends or the drain closes it.
+    async fn serve(self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await;
+        let tls = match handshake {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                self.handshake_failed(HandshakeFailure::of(&error), peer, &error.to_string());
+                return;
+            }
+            Err(_) => {
+                self.handshake_failed(HandshakeFailure::Timeout, peer, "timed out");
+                return;
+            }
+        };
+        let service = TowerToHyperService::new(self.app);
+        let conn = self
+            .builder
+            .serve_connection(TokioIo::new(tls), service)
+            .into_owned();
+        if let Err(error) = watcher.watch(conn).await {
+            tracing::debug!(%error, %peer, "connection ended with an error");
+        }
+    }
+
+    fn handshake_failed(&self, reason: HandshakeFailure, peer: SocketAddr, error: &str) {
+        self.state.metrics.handshake_failed(reason);
+        let failure_is_refusal = reason.is_refusal();
+        let reason = reason.as_str();
+        if !failure_is_refusal {
+            tracing::debug!(%peer, %reason, %error, "TLS handshake failed");
+        } else if let Some(held_back) = self.handshake_log.admit(Instant::now()) {
+            tracing::warn!(
+                %peer,
+                %reason,
+                %error,
+                failures_not_logged = held_back,
+                "TLS handshake refused (at most one line per {}s; all are counted in \
+                 sidecar_injector_tls_handshake_failures_total)",
+                HANDSHAKE_LOG_INTERVAL.as_secs()
+            );
+        }
+    }
+}
+
+/// Accepts webhook connections until SIGTERM/SIGINT.
+async fn accept_until_shutdown(
+    listener: &TcpListener,
+    connections: Connections,
+    graceful: &GracefulShutdown,
+) {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     loop {
@@ -499,49 +532,66 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => return,
         };
         // Without TCP_NODELAY, HTTP/2 answers stall ~40 ms on Nagle vs. delayed ACK.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
         }
-        let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        let service = TowerToHyperService::new(app.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, %peer, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let conn = builder
-                .serve_connection(TokioIo::new(tls), service)
-                .into_owned();
-            if let Err(error) = watcher.watch(conn).await {
-                tracing::debug!(%error, %peer, "connection ended with an error");
-            }
-        });
+        tokio::spawn(connections.clone().serve(stream, peer, graceful.watcher()));
     }
+}
 
+/// Lets in-flight requests finish, for at most `grace`.
+async fn drain(graceful: GracefulShutdown, grace: Duration) {
     tracing::info!("shutting down: no new connections, draining in-flight requests");
-    state.set_ready(false);
-    drop(listener);
     let drain_start = Instant::now();
     tokio::select! {
         _ = graceful.shutdown() => {
             tracing::info!(drain_ms = drain_start.elapsed().as_millis() as u64, "drained");
         }
-        _ = tokio::time::sleep(args.timing.shutdown_grace) => {
+        _ = tokio::time::sleep(grace) => {
             tracing::warn!("grace period over; closing the remaining connections");
         }
     }
+}
+
+async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let startup = load(&args, config_path)?;
+    let state = startup.state;
+    let listener = TcpListener::bind(args.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.addr))?;
+    let metrics_listener = TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, mtls = startup.mtls, "webhook listening");
+    tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+
+    reload::spawn(
+        startup.sources,
+        state.clone(),
+        startup.store,
+        args.timing.reload_interval,
+    );
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = spawn_metrics(metrics_listener, state.clone(), metrics_stopped);
+
+    let connections = Connections {
+        acceptor: startup.acceptor,
+        builder: http_builder(),
+        app: router(state.clone()),
+        state: state.clone(),
+        handshake_log: Arc::new(RateLimit::new(HANDSHAKE_LOG_INTERVAL)),
+    };
+    let graceful = GracefulShutdown::new();
+    state.set_ready(true);
+    tracing::info!("ready");
+    accept_until_shutdown(&listener, connections, &graceful).await;
+
+    state.set_ready(false);
+    drop(listener);
+    drain(graceful, args.timing.shutdown_grace).await;
     let _ = stop_metrics.send(());
     let _ = metrics_task.await;
     Ok(())

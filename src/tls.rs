@@ -1,7 +1,8 @@
 //! TLS: parsing PEM pairs into rustls keys, the swappable certificate behind every new
 //! handshake, and the rustls server config (TLS 1.2 and 1.3, ALPN h2 and http/1.1).
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
@@ -190,6 +191,95 @@ pub fn server_config(
     Ok(config)
 }
 
+/// Why a TLS handshake failed: a small fixed set, for the metric's `reason` label and the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// mTLS is on and the client sent no certificate.
+    NoClientCertificate,
+    /// The client's certificate is not signed by the client CA.
+    UnknownCa,
+    /// The client's certificate is unusable: expired, not X.509 v3, wrong usage, malformed.
+    BadCertificate,
+    /// Not TLS, no common version or cipher, a bad message or a fatal alert from the client.
+    Protocol,
+    /// The client went away mid-handshake (TCP probes, scanners).
+    Closed,
+    /// The handshake did not finish in time.
+    Timeout,
+}
+
+impl HandshakeFailure {
+    pub const ALL: [HandshakeFailure; 6] = [
+        HandshakeFailure::NoClientCertificate,
+        HandshakeFailure::UnknownCa,
+        HandshakeFailure::BadCertificate,
+        HandshakeFailure::Protocol,
+        HandshakeFailure::Closed,
+        HandshakeFailure::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::NoClientCertificate => "no-client-certificate",
+            HandshakeFailure::UnknownCa => "unknown-ca",
+            HandshakeFailure::BadCertificate => "bad-certificate",
+            HandshakeFailure::Protocol => "protocol",
+            HandshakeFailure::Closed => "closed",
+            HandshakeFailure::Timeout => "timeout",
+        }
+    }
+
+    /// The reason for an error of `TlsAcceptor::accept`.
+    pub fn of(error: &std::io::Error) -> HandshakeFailure {
+        match error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
+            Some(rustls::Error::NoCertificatesPresented) => HandshakeFailure::NoClientCertificate,
+            Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
+                HandshakeFailure::UnknownCa
+            }
+            Some(rustls::Error::InvalidCertificate(_)) => HandshakeFailure::BadCertificate,
+            Some(_) => HandshakeFailure::Protocol,
+            None => HandshakeFailure::Closed,
+        }
+    }
+
+    /// A refusal says something about the client's TLS setup that an operator should see;
+    /// closed and timed-out handshakes are counted only.
+    pub fn is_refusal(self) -> bool {
+        !matches!(self, HandshakeFailure::Closed | HandshakeFailure::Timeout)
+    }
+}
+
+/// At most one log line per interval, however many events: a scanner cannot flood the log.
+pub struct RateLimit {
+    interval: Duration,
+    /// When the last line was written, and the events held back since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl RateLimit {
+    pub fn new(interval: Duration) -> RateLimit {
+        RateLimit {
+            interval,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(held back since the last line)` when a line may be written at `now`.
+    pub fn admit(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, held) = &mut *state;
+        if last.is_some_and(|t| now.duration_since(t) < self.interval) {
+            *held += 1;
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(held))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,5 +306,47 @@ mod tests {
         let chain = format!("{}{}", a.cert_pem, a.ca_pem);
         let loaded = load_pair(chain.as_bytes(), a.key_pem.as_bytes()).unwrap();
         assert_eq!(loaded.key.cert.len(), 2);
+    }
+
+    #[test]
+    fn rate_limit_admits_one_line_per_interval_and_counts_the_rest() {
+        let limit = RateLimit::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(limit.admit(t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(limit.admit(t0 + Duration::from_secs(i)), None);
+        }
+        assert_eq!(limit.admit(t0 + Duration::from_secs(10)), Some(5));
+        assert_eq!(limit.admit(t0 + Duration::from_secs(11)), None);
+    }
+
+    #[test]
+    fn handshake_failures_are_classified_from_the_rustls_error() {
+        use std::io::{Error, ErrorKind};
+        let of = |e: rustls::Error| HandshakeFailure::of(&Error::new(ErrorKind::InvalidData, e));
+        assert_eq!(
+            of(rustls::Error::NoCertificatesPresented),
+            HandshakeFailure::NoClientCertificate
+        );
+        assert_eq!(
+            of(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            )),
+            HandshakeFailure::UnknownCa
+        );
+        assert_eq!(
+            of(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Expired
+            )),
+            HandshakeFailure::BadCertificate
+        );
+        assert_eq!(of(rustls::Error::DecryptError), HandshakeFailure::Protocol);
+        assert_eq!(
+            HandshakeFailure::of(&Error::from(ErrorKind::UnexpectedEof)),
+            HandshakeFailure::Closed
+        );
+        assert!(
+            !HandshakeFailure::Timeout.is_refusal() && HandshakeFailure::UnknownCa.is_refusal()
+        );
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -617,4 +617,138 @@ fn silent_and_slow_clients_are_cut_off_without_hurting_others() {
     let _ = half.wait();
     let waited = start.elapsed();
     assert!(waited < Duration::from_secs(15), "took {waited:?}");
+}
+
+/// A client CA and an X.509 v1 client certificate it signed (openssl writes v1 when the
+/// request carries no extensions): valid signature, refused as not v3. rustls clients refuse
+/// to present one, so `openssl s_client` does.
+fn v1_client_identity(dir: &Path) -> PathBuf {
+    let sh = |script: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";
+    sh(&format!(
+        "openssl req -x509 {ec} -subj /CN=v1-ca -keyout ca.key -out ca.crt -days 1"
+    ));
+    sh(&format!(
+        "openssl req -new {ec} -subj /CN=v1-client -keyout c.key -out c.csr"
+    ));
+    sh("openssl x509 -req -in c.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -out c.crt");
+    sh("openssl x509 -in c.crt -noout -text | grep -q 'Version: 1 '");
+    dir.join("ca.crt")
+}
+
+fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
+}
+
+#[test]
+fn failed_handshakes_are_counted_by_reason_and_logged_at_most_once_per_interval() {
+    let certs = make_certs();
+    let dir = tempfile::tempdir().unwrap();
+    let client_ca = v1_client_identity(dir.path());
+    let (_, stranger) = client_identity();
+    let mut args = tls_args(&certs);
+    args.extend(["--client-ca".into(), client_ca.display().to_string()]);
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let body = std::fs::read(fixture("reviews/replicaset-pod.json")).unwrap();
+    let server_ca = certs.path.join("ca.crt");
+    rt().block_on(async {
+        for _ in 0..4 {
+            assert!(post(
+                &client(&server_ca, true),
+                &server.url("/mutate"),
+                body.clone()
+            )
+            .await
+            .is_err());
+        }
+        for _ in 0..3 {
+            let c = mtls_client(&server_ca, &stranger);
+            assert!(post(&c, &server.url("/mutate"), body.clone())
+                .await
+                .is_err());
+        }
+    });
+    for _ in 0..2 {
+        let out = Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &server.addr,
+                "-cert",
+                "c.crt",
+                "-key",
+                "c.key",
+            ])
+            .arg("-CAfile")
+            .arg(&server_ca)
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("HTTP/"),
+            "served with a v1 certificate"
+        );
+    }
+    // Plain HTTP on the TLS port, and a connection that closes without a word.
+    let mut plain = std::net::TcpStream::connect(&server.addr).unwrap();
+    std::io::Write::write_all(&mut plain, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let _ = std::io::Read::read(&mut plain, &mut [0u8; 64]);
+    drop(std::net::TcpStream::connect(&server.addr).unwrap());
+
+    let series = |reason: &str| {
+        format!("sidecar_injector_tls_handshake_failures_total{{reason=\"{reason}\"}}")
+    };
+    let wanted = [
+        ("no-client-certificate", 4),
+        ("unknown-ca", 3),
+        ("bad-certificate", 2),
+        ("protocol", 1),
+        ("closed", 1),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = server.metrics_text();
+        if wanted.iter().all(|(r, n)| counter(&m, &series(r)) == *n) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "handshake failures not counted as {wanted:?}:\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // 10 refusals: the first is logged (at warn, with its reason), the rest held back.
+    let lines: Vec<String> = server
+        .log_lines()
+        .into_iter()
+        .filter(|l| l.contains("TLS handshake refused"))
+        .collect();
+    assert!(!lines.is_empty() && lines.len() < 10, "{lines:#?}");
+    assert!(
+        lines[0].contains("WARN") && lines[0].contains("reason=no-client-certificate"),
+        "{}",
+        lines[0]
+    );
+    // The server is unharmed.
+    assert_eq!(
+        get_plain(&format!("http://{}/readyz", server.metrics)),
+        "ok\n"
+    );
 }

@@ -1,0 +1,48 @@
+//! What the webhook's handlers and the reload task share: the config in force, the metrics,
+//! readiness. Its own module so that `server` and `reload` both depend on it, not on each other.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// What the handlers share.
+pub struct AppState {
+    config: RwLock<Arc<Config>>,
+    pub metrics: Metrics,
+    ready: AtomicBool,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
+}
+
+impl AppState {
+    pub fn new(config: Config, metrics: Metrics, body_timeout: Duration) -> AppState {
+        AppState {
+            config: RwLock::new(Arc::new(config)),
+            metrics,
+            ready: AtomicBool::new(false),
+            body_timeout,
+        }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
