@@ -205,6 +205,9 @@ fn tricky() -> BoxedStrategy<String> {
         "[-+]?[0-9]{1,3}(:[0-9]{1,2}){1,3}(\\.[0-9]{0,3})?",
         "\\PC{0,16}",
         "[ -~]{0,12}",
+        // Long enough to be folded: runs of spaces and trailing spaces must survive.
+        "[a-z &$!]{60,160}",
+        "[a-z ]{70,90}  ",
     ]
     .boxed()
 }
