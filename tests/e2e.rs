@@ -155,16 +155,21 @@ impl Cluster {
         serde_json::from_str(&self.ok(&["-n", ns, "get", what, "-o", "json"])).unwrap()
     }
 
-    /// A namespace with these labels, once its "default" ServiceAccount exists (the
-    /// ServiceAccount admission plugin refuses pods before that).
+    /// A namespace with these labels, once its "default" ServiceAccount exists.
     fn namespace(&self, name: &str, labels: Value) {
         self.apply_ok(&json!({"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": name, "labels": labels}}));
+        self.wait_for_default_service_account(name);
+    }
+
+    /// The ServiceAccount admission plugin refuses pods until the serviceaccount controller
+    /// has made the namespace's "default" ServiceAccount.
+    fn wait_for_default_service_account(&self, ns: &str) {
         wait_for(
-            &format!("serviceaccount {name}/default"),
+            &format!("serviceaccount {ns}/default"),
             Duration::from_secs(30),
             || {
-                self.kubectl(&["-n", name, "get", "serviceaccount", "default"], None)
+                self.kubectl(&["-n", ns, "get", "serviceaccount", "default"], None)
                     .status
                     .success()
             },
@@ -195,6 +200,15 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The start of a scenario: its turn, the cluster, the webhook running, its namespace.
+fn scenario(ns: &str, labels: Value) -> (MutexGuard<'static, ()>, &'static Cluster) {
+    let turn = serial();
+    let c = cluster();
+    drop(webhook());
+    c.namespace(ns, labels);
+    (turn, c)
 }
 
 /// Scenarios share one control plane and one webhook: one at a time.
@@ -335,15 +349,7 @@ fn seed_examples_are_stored_with_sidecar_volume_and_mounts() {
         "-f",
         examples.join("namespace.yaml").to_str().unwrap(),
     ]);
-    wait_for(
-        "serviceaccount demo/default",
-        Duration::from_secs(30),
-        || {
-            c.kubectl(&["-n", "demo", "get", "serviceaccount", "default"], None)
-                .status
-                .success()
-        },
-    );
+    c.wait_for_default_service_account("demo");
     for f in [
         "shared-volume-pod.yaml",
         "share-process-pod.yaml",
@@ -433,45 +439,31 @@ fn opt_in_and_opt_out_by_namespace_label_annotation_and_label() {
     c.namespace("optin-labelled", json!({NS_LABEL: "enabled"}));
     c.namespace("optin-plain", json!({}));
 
-    for (ns, name, annotations, labels, injected) in [
-        ("optin-labelled", "by-namespace", json!({}), json!({}), true),
-        (
-            "optin-labelled",
-            "opted-out",
-            json!({INJECT: "false"}),
-            json!({}),
-            false,
-        ),
+    // (namespace, pod, opt-in annotation, opt-in label, injected)
+    let cases = [
+        ("optin-labelled", "by-namespace", None, None, true),
+        ("optin-labelled", "opted-out", Some("false"), None, false),
         (
             "optin-labelled",
             "opted-out-by-label",
-            json!({}),
-            json!({INJECT: "false"}),
+            None,
+            Some("false"),
             false,
         ),
-        (
-            "optin-plain",
-            "by-annotation",
-            json!({INJECT: "true"}),
-            json!({}),
-            true,
-        ),
-        (
-            "optin-plain",
-            "by-label",
-            json!({}),
-            json!({INJECT: "true"}),
-            true,
-        ),
+        ("optin-plain", "by-annotation", Some("true"), None, true),
+        ("optin-plain", "by-label", None, Some("true"), true),
         (
             "optin-plain",
             "annotation-wins",
-            json!({INJECT: "false"}),
-            json!({INJECT: "true"}),
+            Some("false"),
+            Some("true"),
             false,
         ),
-        ("optin-plain", "plain", json!({}), json!({}), false),
-    ] {
+        ("optin-plain", "plain", None, None, false),
+    ];
+    for (ns, name, annotation, label, injected) in cases {
+        let key = |v: Option<&str>| v.map_or(json!({}), |v| json!({INJECT: v}));
+        let (annotations, labels) = (key(annotation), key(label));
         let mut p = pod(name, annotations, labels);
         p["metadata"]["namespace"] = json!(ns);
         c.apply_ok(&p);
@@ -486,11 +478,8 @@ fn opt_in_and_opt_out_by_namespace_label_annotation_and_label() {
 
 #[test]
 fn controllers_create_injected_pods_from_annotated_templates() {
-    let _s = serial();
-    let c = cluster();
-    drop(webhook());
     let ns = "controllers";
-    c.namespace(ns, json!({}));
+    let (_s, c) = scenario(ns, json!({}));
     let template = |app: &str, restart: &str| {
         json!({"metadata": {"labels": {"app": app}, "annotations": {INJECT: "true"}},
             "spec": {"restartPolicy": restart, "containers": [{"name": "app", "image": "nginx:1.27"}]}})
@@ -565,15 +554,7 @@ fn unselected_pods_never_reach_the_webhook() {
             ns,
             &format!("{NS_LABEL}=enabled"),
         ]);
-        wait_for(
-            &format!("serviceaccount {ns}/default"),
-            Duration::from_secs(30),
-            || {
-                c.kubectl(&["-n", ns, "get", "serviceaccount", "default"], None)
-                    .status
-                    .success()
-            },
-        );
+        c.wait_for_default_service_account(ns);
         let before = reviews_now();
         for (name, annotations) in [
             ("labelled-ns", json!({})),
@@ -596,11 +577,8 @@ fn unselected_pods_never_reach_the_webhook() {
 
 #[test]
 fn denials_and_warnings_reach_the_user_through_kubectl() {
-    let _s = serial();
-    let c = cluster();
-    drop(webhook());
     let ns = "denials";
-    c.namespace(ns, json!({}));
+    let (_s, c) = scenario(ns, json!({}));
 
     let mut bad = pod("bad-value", json!({INJECT: "yes"}), json!({}));
     bad["metadata"]["namespace"] = json!(ns);
@@ -639,11 +617,8 @@ fn denials_and_warnings_reach_the_user_through_kubectl() {
 
 #[test]
 fn reinvocation_with_a_second_injector_injects_once() {
-    let _s = serial();
-    let c = cluster();
-    drop(webhook());
     let ns = "reinvocation";
-    c.namespace(ns, json!({NS_LABEL: "enabled"}));
+    let (_s, c) = scenario(ns, json!({NS_LABEL: "enabled"}));
     // A second instance with another profile, behind a Service and webhook of its own that
     // also selects this namespace; the apiserver calls both, and each again (IfNeeded) when
     // the other changed the pod.
@@ -962,11 +937,8 @@ fn kubectl_reads(c: &Cluster, yaml: &[u8]) -> Vec<Value> {
 
 #[test]
 fn inject_output_is_read_back_unchanged_by_kubectl_and_the_apiserver() {
-    let _s = serial();
-    let c = cluster();
-    drop(webhook());
     let ns = "inject-dry-run";
-    c.namespace(ns, json!({}));
+    let (_s, c) = scenario(ns, json!({}));
     let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("deploy/examples"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -1007,31 +979,27 @@ fn inject_output_is_read_back_unchanged_by_kubectl_and_the_apiserver() {
         for (before, after) in original.iter().zip(&read_back) {
             let name = format!("{at}: {}/{}", before["kind"], before["metadata"]["name"]);
             assert_eq!(before["data"], after["data"], "{name}: data");
-            for (k, v) in before["metadata"]["annotations"]
-                .as_object()
-                .into_iter()
-                .flatten()
-            {
-                assert_eq!(
-                    &after["metadata"]["annotations"][k], v,
-                    "{name}: annotation {k}"
-                );
-            }
+            // Every key the user wrote keeps its value (ours are added beside them).
+            let kept = |before: &Value, after: &Value, what: &str| {
+                for (k, v) in before.as_object().into_iter().flatten() {
+                    assert_eq!(&after[k], v, "{name}: {what} {k}");
+                }
+            };
+            kept(
+                &before["metadata"]["annotations"],
+                &after["metadata"]["annotations"],
+                "annotation",
+            );
             let (t0, t1) = (&before["spec"]["template"], &after["spec"]["template"]);
             assert_eq!(
                 t0["metadata"]["labels"], t1["metadata"]["labels"],
                 "{name}: template labels"
             );
-            for (k, v) in t0["metadata"]["annotations"]
-                .as_object()
-                .into_iter()
-                .flatten()
-            {
-                assert_eq!(
-                    &t1["metadata"]["annotations"][k], v,
-                    "{name}: template annotation {k}"
-                );
-            }
+            kept(
+                &t0["metadata"]["annotations"],
+                &t1["metadata"]["annotations"],
+                "template annotation",
+            );
             let (c0, c1) = (&t0["spec"]["containers"][0], &t1["spec"]["containers"][0]);
             assert_eq!(c0["args"], c1["args"], "{name}: args");
             assert_eq!(c0["env"], c1["env"], "{name}: env");
@@ -1233,8 +1201,6 @@ fn pod_security_levels_admit_injected_pods_as_documented() {
             json!({"pod-security.kubernetes.io/enforce": level}),
         );
     }
-    let non_root = json!({"runAsNonRoot": true});
-    let as_1001 = json!({"runAsNonRoot": true, "runAsUser": 1001});
     enum Expect {
         Admitted,
         /// Denied by us with 409, naming this.
@@ -1243,87 +1209,61 @@ fn pod_security_levels_admit_injected_pods_as_documented() {
         PodSecurity(&'static str),
     }
     use Expect::*;
+    // Who runs the app: set on the pod, on the app container only, or as a known uid.
+    #[derive(Clone, Copy)]
+    enum User {
+        PodNonRoot,
+        AppNonRoot,
+        Pod1001,
+    }
+    use User::*;
+    // (level, pod name, share process namespace, user, expected)
     let cases = [
         // The default sidecar needs nothing: a compliant app stays admitted at every level.
-        (
-            "privileged",
-            "plain",
-            json!({INJECT: "true"}),
-            non_root.clone(),
-            json!({}),
-            Admitted,
-        ),
-        (
-            "baseline",
-            "plain",
-            json!({INJECT: "true"}),
-            non_root.clone(),
-            json!({}),
-            Admitted,
-        ),
-        (
-            "restricted",
-            "plain",
-            json!({INJECT: "true"}),
-            non_root.clone(),
-            json!({}),
-            Admitted,
-        ),
+        ("privileged", "plain", false, PodNonRoot, Admitted),
+        ("baseline", "plain", false, PodNonRoot, Admitted),
+        ("restricted", "plain", false, PodNonRoot, Admitted),
         // Sharing with a known app uid: the sidecar takes it, no capability: still restricted.
-        (
-            "restricted",
-            "share-uid",
-            json!({INJECT: "true", SHARE: "true"}),
-            as_1001.clone(),
-            json!({}),
-            Admitted,
-        ),
-        (
-            "baseline",
-            "share-uid",
-            json!({INJECT: "true", SHARE: "true"}),
-            as_1001.clone(),
-            json!({}),
-            Admitted,
-        ),
-        // Sharing with an unknown uid under pod runAsNonRoot: the kubelet would never start a
-        // root sidecar, so we refuse it and say how to fix it.
+        ("restricted", "share-uid", true, Pod1001, Admitted),
+        ("baseline", "share-uid", true, Pod1001, Admitted),
+        // Unknown uid under pod runAsNonRoot: the kubelet would never start a root sidecar,
+        // so we refuse it and say how to fix it.
         (
             "restricted",
             "share-nonroot",
-            json!({INJECT: "true", SHARE: "true"}),
-            non_root.clone(),
-            json!({}),
+            true,
+            PodNonRoot,
             Conflict("runAsUser"),
         ),
-        // Unknown uid, runAsNonRoot only on the app container: root + SYS_PTRACE + KILL, which
-        // only "privileged" admits.
+        // Unknown uid, runAsNonRoot only on the app container: root + SYS_PTRACE + KILL,
+        // which only "privileged" admits.
         (
             "restricted",
             "share-root",
-            json!({INJECT: "true", SHARE: "true"}),
-            json!({}),
-            non_root.clone(),
+            true,
+            AppNonRoot,
             PodSecurity("restricted"),
         ),
         (
             "baseline",
             "share-root",
-            json!({INJECT: "true", SHARE: "true"}),
-            json!({}),
-            non_root.clone(),
+            true,
+            AppNonRoot,
             PodSecurity("baseline"),
         ),
-        (
-            "privileged",
-            "share-root",
-            json!({INJECT: "true", SHARE: "true"}),
-            json!({}),
-            non_root.clone(),
-            Admitted,
-        ),
+        ("privileged", "share-root", true, AppNonRoot, Admitted),
     ];
-    for (level, name, annotations, pod_security, app_security, expect) in cases {
+    for (level, name, share, user, expect) in cases {
+        let mut annotations = json!({INJECT: "true"});
+        if share {
+            annotations[SHARE] = json!("true");
+        }
+        let non_root = json!({"runAsNonRoot": true});
+        let (pod_security, app_security) = match user {
+            PodNonRoot => (non_root, json!({})),
+            AppNonRoot => (json!({}), non_root),
+            Pod1001 => (json!({"runAsNonRoot": true, "runAsUser": 1001}), json!({})),
+        };
         let ns = format!("pss-{level}");
         let mut p = restricted_pod(name, annotations, pod_security, app_security);
         p["metadata"]["namespace"] = json!(ns);
