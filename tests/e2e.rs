@@ -1044,6 +1044,39 @@ fn every_kustomization_in_deploy_is_accepted_by_the_apiserver() {
     }
     let secret = c.get("sidecar-injector", "secret/sidecar-injector-tls");
     assert_eq!(secret["type"], "kubernetes.io/tls");
+
+    // The cert-manager overlay, with cert-manager's own CRDs installed first.
+    let crds = cert_manager_crds();
+    for kind in ["certificates", "issuers"] {
+        let file = crds.join(format!("cert-manager.io_{kind}.yaml"));
+        // Server-side: the CRDs are larger than client-side apply's annotation allows.
+        c.ok(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
+        c.ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            &format!("crd/{kind}.cert-manager.io"),
+        ]);
+    }
+    let overlay = root().join("deploy/cert-manager");
+    c.ok(&["apply", "--dry-run=server", "-k", overlay.to_str().unwrap()]);
+}
+
+/// cert-manager's CRD manifests, as its Go module ships them, at a pinned version.
+fn cert_manager_crds() -> PathBuf {
+    const MODULE: &str = "github.com/cert-manager/cert-manager@v1.21.2";
+    let out = Command::new("go")
+        .args(["mod", "download", "-json", MODULE])
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("go (>= 1.26) for cert-manager's CRDs");
+    assert!(
+        out.status.success(),
+        "go mod download {MODULE}: {}",
+        stderr(&out)
+    );
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    PathBuf::from(info["Dir"].as_str().expect("the module's directory")).join("deploy/crds")
 }
 
 /// The bucket bound at or below which `q` of the observations of a Prometheus histogram fall.
