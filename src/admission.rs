@@ -28,12 +28,18 @@ pub enum RequestError {
     TooLarge,
     #[error("the request body did not arrive within {0:?}")]
     Timeout(std::time::Duration),
+    /// The memory budget for reviews in flight stayed exhausted (clients sending large
+    /// bodies, or not reading their answers): try again.
+    #[error("the server is at its memory budget for reviews in flight; retry")]
+    Busy,
 }
 
 impl RequestError {
     pub fn reason(&self) -> Reason {
         match self {
-            RequestError::BadRequest(_) | RequestError::Timeout(_) => Reason::BadRequest,
+            RequestError::BadRequest(_) | RequestError::Timeout(_) | RequestError::Busy => {
+                Reason::BadRequest
+            }
             RequestError::TooLarge => Reason::TooLarge,
         }
     }
@@ -43,6 +49,7 @@ impl RequestError {
             RequestError::BadRequest(_) => 400,
             RequestError::TooLarge => 413,
             RequestError::Timeout(_) => 408,
+            RequestError::Busy => 503,
         }
     }
 }
@@ -137,6 +144,7 @@ fn bad(msg: impl Into<String>) -> RequestError {
 fn status_reason(code: u16) -> &'static str {
     match code {
         409 => "Conflict",
+        413 => "RequestEntityTooLarge",
         _ => "BadRequest",
     }
 }

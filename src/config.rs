@@ -106,7 +106,9 @@ impl Sidecar {
         {
             sc.insert("runAsUser".into(), Value::from(uid));
             if uid == 0 {
-                sc.remove("runAsNonRoot");
+                // Explicitly false, not left out: under a pod-level runAsNonRoot: true (which
+                // a root app overrides on its own container) it would refuse uid 0.
+                sc.insert("runAsNonRoot".into(), Value::Bool(false));
             }
         }
         form
@@ -519,7 +521,7 @@ mod tests {
         assert!(sc.get("runAsGroup").is_none(), "takes the pod's group");
         assert_eq!(same["tty"], true);
         let as_root = form(false, Share::SameUid(0));
-        assert!(as_root["securityContext"].get("runAsNonRoot").is_none());
+        assert_eq!(as_root["securityContext"]["runAsNonRoot"], false);
         assert_eq!(as_root["securityContext"]["runAsUser"], 0);
     }
 

@@ -557,7 +557,44 @@ fn check_clashes(spec: &Spec<'_>, add: &Additions<'_, '_>) -> Result<(), Denial>
     Ok(())
 }
 
-/// Stage 5: the minimal patch (SPEC "What the patch must be") and the status marker.
+/// The largest object etcd stores with its default limits (`--max-request-bytes` 1.5 MiB):
+/// a patch larger than this alone makes a pod that can never be stored.
+pub const MAX_PATCH_BYTES: usize = 1536 * 1024;
+
+/// Stage 5: the answer must fit where the pod goes. The patch grows with the pod (one mount
+/// per app container), so a pod of many tiny containers would turn a 4 MiB request into a
+/// 50 MB answer: estimate it from the pod's shape before building it (`too-large`).
+fn check_size(spec: &Spec<'_>, add: &Additions<'_, '_>) -> Result<(), Denial> {
+    // Each op: its JSON keys and path (< 64 bytes) and its value.
+    let per_container: usize = add.mounts.iter().map(|(_, text)| text.len() + 64).sum();
+    let fixed: usize = add
+        .sidecars
+        .iter()
+        .map(|c| c.text(true, Share::Root).len() + 64)
+        .chain(
+            add.volumes
+                .iter()
+                .chain(&add.init_containers)
+                .map(|n| n.text.len() + 64),
+        )
+        .sum();
+    let estimate = spec.containers.len().saturating_mul(per_container) + fixed + 1024;
+    if estimate > MAX_PATCH_BYTES {
+        return Err((
+            Reason::TooLarge,
+            413,
+            format!(
+                "the pod is too large to inject into: its patch would be about {estimate} bytes \
+                 ({} app containers), more than any object etcd stores ({MAX_PATCH_BYTES} bytes); \
+                 opt this pod out with annotation {INJECT_KEY}: \"false\"",
+                spec.containers.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Stage 6: the minimal patch (SPEC "What the patch must be") and the status marker.
 fn build_patch<'c>(
     pod: &PodView<'_>,
     spec: &Spec<'_>,
@@ -659,6 +696,7 @@ fn plan<'c>(
     let add = select_profiles(&options, config)?;
     let sharing = check_conflicts(spec, &options, &add)?;
     check_clashes(spec, &add)?;
+    check_size(spec, &add)?;
     Ok(build_patch(pod, spec, &options, &add, sharing))
 }
 
@@ -994,7 +1032,7 @@ mod tests {
         let pod = share_pod(json!({"runAsUser": 0}), None);
         let sc = &injected(&pod, Policy::Disabled)["spec"]["containers"][1]["securityContext"];
         assert_eq!(sc["runAsUser"], 0);
-        assert!(sc.get("runAsNonRoot").is_none());
+        assert_eq!(sc["runAsNonRoot"], false);
         assert!(sc["capabilities"].get("add").is_none());
         let w = warnings(&pod);
         assert_eq!(w.len(), 1);
@@ -1167,6 +1205,33 @@ mod tests {
             .0
             .iter()
             .all(|op| matches!(op, json_patch::PatchOperation::Add(_))));
+    }
+
+    #[test]
+    fn a_pod_whose_patch_could_never_be_stored_is_denied_before_it_is_built() {
+        let mut pod = opted_in(json!({}));
+        let many: Vec<Value> = (0..20_000)
+            .map(|i| json!({"name": format!("c{i}")}))
+            .collect();
+        pod["spec"]["containers"] = Value::Array(many);
+        let (reason, code, msg) = denial(&pod, Policy::Disabled);
+        assert_eq!((reason, code), (Reason::TooLarge, 413));
+        assert!(
+            msg.contains("too large to inject into") && msg.contains("20000 app containers"),
+            "{msg}"
+        );
+        // The estimate errs high, never low: a pod just under the bound gets a patch under it.
+        let mut pod = opted_in(json!({}));
+        let some: Vec<Value> = (0..5_000)
+            .map(|i| json!({"name": format!("c{i}")}))
+            .collect();
+        pod["spec"]["containers"] = Value::Array(some);
+        match decide_json(&pod, Policy::Disabled) {
+            Decision::Inject { injection, .. } => {
+                assert!(injection.patch_json().len() < MAX_PATCH_BYTES)
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! sidecar-injector: a Kubernetes mutating admission webhook that injects sidecars.
 //!
 //! The pure core (`inject`, `podsecurity`, `admission`, `manifest`, `config`, `yaml`) does no I/O; the server
-//! (`server`, `state`, `tls`, `reload`, `metrics`) and the CLI (`cli`) are thin shells around it.
+//! (`server`, `state`, `limits`, `tls`, `reload`, `metrics`) and the CLI (`cli`) are thin shells around it.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -9,6 +9,7 @@ pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod inject;
+pub mod limits;
 pub mod manifest;
 pub mod metrics;
 pub mod pod;

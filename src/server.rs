@@ -14,17 +14,20 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use clap::{Args, ValueEnum};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
 
 use crate::admission::{review, Answer, Outcome, RequestError, MAX_BODY_BYTES};
 use crate::config::Config;
 use crate::inject::Policy;
+use crate::limits::{BudgetedBody, DeadlineIo, Reservation, Tracked, Unsent, WORK_FACTOR};
 use crate::metrics::Metrics;
 use crate::reload::{self, Sources};
 use crate::state::AppState;
@@ -34,6 +37,25 @@ use crate::tls::{self, CertStore, HandshakeFailure, RateLimit};
 /// dropped, so slow or silent clients cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reviews of bodies larger than this run on the blocking pool (a 4 MiB body is tens of
+/// milliseconds of CPU); smaller ones, the apiserver's everyday pods, on the async worker.
+const BLOCKING_REVIEW_BYTES: usize = 256 * 1024;
+/// Connections served at once on the webhook port; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Connections served at once on the metrics port (probes and scrapes).
+pub const MAX_METRICS_CONNECTIONS: usize = 32;
+/// Concurrent HTTP/2 streams per connection (hyper's default is 200).
+const MAX_STREAMS_PER_CONNECTION: u32 = 32;
+/// HTTP/2 receive windows: body bytes a client can have in flight before it must wait.
+const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 128 * 1024;
+/// Request head (HTTP/1.1 buffer, HTTP/2 header list).
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// How long a write may stay blocked, and an answer unsent, before the connection is closed:
+/// a client that does not read its answers gives their memory back.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+/// The HTTP/2 preface is 24 bytes: until that many arrive, the header-read timeout applies.
+const OPENING_BYTES: usize = 24;
 /// At most one warning line per interval for refused TLS handshakes.
 const HANDSHAKE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -164,7 +186,7 @@ async fn read_and_review(
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Answer, RequestError> {
+) -> Result<(Answer, Reservation), RequestError> {
     let path_policy = match path_policy {
         None => None,
         Some("enabled") => Some(Policy::Enabled),
@@ -183,23 +205,59 @@ async fn read_and_review(
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(RequestError::TooLarge);
     }
-    // A body that trickles in too slowly is answered (408) and counted like any bad input.
-    let collected = tokio::time::timeout(
-        state.body_timeout,
-        Limited::new(body, MAX_BODY_BYTES).collect(),
-    )
-    .await
-    .map_err(|_| RequestError::Timeout(state.body_timeout))?;
-    let bytes = collected
-        .map_err(|e| {
-            if e.downcast_ref::<LengthLimitError>().is_some() {
-                RequestError::TooLarge
-            } else {
-                RequestError::BadRequest(format!("cannot read the request body: {e}"))
+    // The body, within the budget as it arrives: a flood of bodies that never end holds at
+    // most the budget, and a body that trickles in too slowly is answered 408.
+    let deadline = tokio::time::Instant::now() + state.body_timeout;
+    let mut reservation = Reservation::default();
+    let mut bytes = Vec::new();
+    let mut body = body;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(RequestError::Timeout(state.body_timeout)),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(RequestError::BadRequest(format!(
+                    "cannot read the request body: {e}"
+                )))
             }
-        })?
-        .to_bytes();
-    review(&bytes, policy, &state.config())
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if bytes.len() + data.len() > MAX_BODY_BYTES {
+            return Err(RequestError::TooLarge);
+        }
+        let more = state.budget.reserve(data.len(), deadline).await;
+        reservation.merge(more.ok_or(RequestError::Busy)?);
+        bytes.extend_from_slice(&data);
+    }
+    // The review's working memory, then only the answer's bytes stay reserved until sent.
+    let work = state
+        .budget
+        .reserve(bytes.len() * WORK_FACTOR, deadline)
+        .await;
+    let work = work.ok_or(RequestError::Busy)?;
+    let config = state.config();
+    let answer = if bytes.len() > BLOCKING_REVIEW_BYTES {
+        // Tens of milliseconds of CPU: off the async workers, so other connections are served.
+        tokio::task::spawn_blocking(move || review(&bytes, policy, &config))
+            .await
+            .map_err(|e| RequestError::BadRequest(format!("the review failed: {e}")))??
+    } else {
+        review(&bytes, policy, &config)?
+    };
+    drop(work);
+    let held = reservation.kib() * 1024;
+    if answer.body.len() > held {
+        let more = state
+            .budget
+            .reserve(answer.body.len() - held, deadline)
+            .await;
+        reservation.merge(more.ok_or(RequestError::Busy)?);
+    }
+    reservation.shrink_to(answer.body.len());
+    Ok((answer, reservation))
 }
 
 async fn mutate(
@@ -234,7 +292,7 @@ async fn answer(
     let elapsed = start.elapsed();
     let duration_us = elapsed.as_micros() as u64;
     match result {
-        Ok(a) => {
+        Ok((a, reservation)) => {
             state
                 .metrics
                 .observe(a.outcome, a.reason, elapsed.as_secs_f64());
@@ -248,7 +306,8 @@ async fn answer(
                 duration_us,
                 "admission review"
             );
-            ([(header::CONTENT_TYPE, "application/json")], a.body).into_response()
+            let body = Body::new(BudgetedBody::new(a.body, reservation));
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Err(e) => {
             state
@@ -424,36 +483,77 @@ fn load(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<Startu
     })
 }
 
-/// The plain-HTTP metrics and probe listener, until `stop` fires.
+/// The plain-HTTP metrics and probe listener, until `stop` fires: HTTP/1.1, one request per
+/// connection, the webhook port's deadlines, at most [`MAX_METRICS_CONNECTIONS`] at once (so
+/// idle clients here cannot take the file descriptors the webhook needs).
 fn spawn_metrics(
     listener: TcpListener,
     state: Arc<AppState>,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let stopped = async {
-            let _ = stop.await;
-        };
-        if let Err(error) = axum::serve(listener, metrics_router(state))
-            .with_graceful_shutdown(stopped)
-            .await
-        {
-            tracing::error!(%error, "metrics listener failed");
+        let app = metrics_router(state);
+        let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(false)
+            .max_buf_size(MAX_HEADER_BYTES);
+        let slots = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(stop);
+        loop {
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+                _ = &mut stop => break,
+            };
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "metrics accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut stop => break,
+            };
+            let io = DeadlineIo::new(stream, OPENING_BYTES, HEADER_READ_TIMEOUT, WRITE_DEADLINE);
+            let conn = builder
+                .serve_connection(TokioIo::new(io), TowerToHyperService::new(app.clone()))
+                .into_owned();
+            let served = graceful.watch(conn);
+            tokio::spawn(async move {
+                let _ = served.await;
+                drop(slot);
+            });
         }
+        let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
     })
 }
 
+/// HTTP/1.1 and HTTP/2 with what one connection may hold bounded: header size, streams,
+/// and the HTTP/2 receive windows (what a client may send that nobody has read yet).
 fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .keep_alive_timeout(Duration::from_secs(10))
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES);
     builder
 }
 
@@ -469,7 +569,8 @@ struct Connections {
 
 impl Connections {
     /// The TLS handshake (bounded; a failure is counted, and logged if it is a refusal),
-    /// then HTTP/1.1 or HTTP/2 until the connection ends or the drain closes it.
+    /// then HTTP/1.1 or HTTP/2 until the connection ends, the drain closes it, or it stops
+    /// taking its answers.
     async fn serve(self, stream: TcpStream, peer: SocketAddr, watcher: Watcher) {
         let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await;
         let tls = match handshake {
@@ -483,13 +584,33 @@ impl Connections {
                 return;
             }
         };
-        let service = TowerToHyperService::new(self.app);
+        let io = DeadlineIo::new(tls, OPENING_BYTES, HEADER_READ_TIMEOUT, WRITE_DEADLINE);
+        let unsent = Arc::new(Unsent::default());
+        let app = self.app.clone();
+        let tracker = unsent.clone();
+        let service =
+            tower::service_fn(move |req: axum::extract::Request<hyper::body::Incoming>| {
+                let (app, tracker) = (app.clone(), tracker.clone());
+                async move {
+                    let response: Response = app.oneshot(req).await?;
+                    Ok::<_, std::convert::Infallible>(
+                        response.map(|body| Body::new(Tracked::new(body, &tracker))),
+                    )
+                }
+            });
         let conn = self
             .builder
-            .serve_connection(TokioIo::new(tls), service)
+            .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
             .into_owned();
-        if let Err(error) = watcher.watch(conn).await {
-            tracing::debug!(%error, %peer, "connection ended with an error");
+        tokio::select! {
+            ended = watcher.watch(conn) => {
+                if let Err(error) = ended {
+                    tracing::debug!(%error, %peer, "connection ended with an error");
+                }
+            }
+            () = answers_not_taken(&unsent) => {
+                tracing::warn!(%peer, "closing a connection that has not taken its answers for {}s", WRITE_DEADLINE.as_secs());
+            }
         }
     }
 
@@ -513,7 +634,20 @@ impl Connections {
     }
 }
 
-/// Accepts webhook connections until SIGTERM/SIGINT.
+/// Returns once an answer of this connection has waited longer than the write deadline.
+async fn answers_not_taken(unsent: &Unsent) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if unsent
+            .oldest()
+            .is_some_and(|t| t.elapsed() > WRITE_DEADLINE)
+        {
+            return;
+        }
+    }
+}
+
+/// Accepts webhook connections until SIGTERM/SIGINT, at most [`MAX_CONNECTIONS`] at once.
 async fn accept_until_shutdown(
     listener: &TcpListener,
     connections: Connections,
@@ -521,7 +655,15 @@ async fn accept_until_shutdown(
 ) {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+            _ = &mut shutdown => return,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -538,7 +680,11 @@ async fn accept_until_shutdown(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
         }
-        tokio::spawn(connections.clone().serve(stream, peer, graceful.watcher()));
+        let served = connections.clone().serve(stream, peer, graceful.watcher());
+        tokio::spawn(async move {
+            served.await;
+            drop(slot);
+        });
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::limits::{Budget, REVIEW_BUDGET_BYTES};
 use crate::metrics::Metrics;
 
 /// What the handlers share.
@@ -15,6 +16,8 @@ pub struct AppState {
     ready: AtomicBool,
     /// How long a request body may take to arrive.
     pub body_timeout: Duration,
+    /// Bytes of reviews in flight (bodies, working memory, unsent answers).
+    pub budget: Budget,
 }
 
 impl AppState {
@@ -24,6 +27,7 @@ impl AppState {
             metrics,
             ready: AtomicBool::new(false),
             body_timeout,
+            budget: Budget::new(REVIEW_BUDGET_BYTES),
         }
     }
 
