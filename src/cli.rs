@@ -123,17 +123,22 @@ fn inject(config: &Config, args: &InjectArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// Writes through a temporary file in the same directory and renames it into place: the file
+/// is whole or absent, and a key gets mode 0600 whatever mode an older file had.
 fn write_file(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(if private { 0o600 } else { 0o644 })
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
     f.write_all(text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn certs(args: &CertsArgs) -> anyhow::Result<bool> {

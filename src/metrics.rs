@@ -23,6 +23,11 @@ struct HandshakeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ValidityLabels {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     kind: &'static str,
     result: &'static str,
@@ -53,6 +58,7 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     cert_expiry: Gauge,
     handshake_failures: Family<HandshakeLabels, Counter>,
+    invalid_certificates: Family<ValidityLabels, Counter>,
 }
 
 /// The outcome that goes with each reason, so every series exists from the start.
@@ -86,6 +92,17 @@ impl Metrics {
         let reloads = Family::<ReloadLabels, Counter>::default();
         let cert_expiry = Gauge::default();
         let handshake_failures = Family::<HandshakeLabels, Counter>::default();
+        let invalid_certificates = Family::<ValidityLabels, Counter>::default();
+        registry.register(
+            "sidecar_injector_certificate_out_of_validity_loads",
+            "Serving certificates loaded (at start or reload) outside their validity period",
+            invalid_certificates.clone(),
+        );
+        for state in ["expired", "not-yet-valid"] {
+            invalid_certificates
+                .get_or_create(&ValidityLabels { state })
+                .inc_by(0);
+        }
         registry.register(
             "sidecar_injector_tls_handshake_failures",
             "TLS handshakes on the webhook port that failed, by reason",
@@ -147,7 +164,16 @@ impl Metrics {
             reloads,
             cert_expiry,
             handshake_failures,
+            invalid_certificates,
         }
+    }
+
+    /// A serving certificate loaded outside its validity: `state` is `expired` or
+    /// `not-yet-valid`.
+    pub fn certificate_out_of_validity(&self, state: &'static str) {
+        self.invalid_certificates
+            .get_or_create(&ValidityLabels { state })
+            .inc();
     }
 
     pub fn handshake_failed(&self, reason: HandshakeFailure) {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::metrics::ReloadKind;
 use crate::state::AppState;
-use crate::tls::{client_verifier, load_pair, CertStore, ClientCa};
+use crate::tls::{client_verifier, load_pair, CertStore, ClientCa, Loaded};
 
 /// A set of files read together, remembered by content.
 struct Watch {
@@ -30,14 +30,16 @@ impl Watch {
         }
     }
 
-    /// The contents when they changed since the last call; a read error once per error.
-    fn poll(&mut self) -> Option<Result<Vec<Vec<u8>>, String>> {
-        let read: Result<Vec<Vec<u8>>, String> = self
-            .paths
+    fn read(&self) -> Result<Vec<Vec<u8>>, String> {
+        self.paths
             .iter()
             .map(|p| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display())))
-            .collect();
-        match read {
+            .collect()
+    }
+
+    /// The contents when they changed since the last call; a read error once per error.
+    fn poll(&mut self) -> Option<Result<Vec<Vec<u8>>, String>> {
+        match self.read() {
             Err(e) if self.last_error.as_ref() == Some(&e) => None,
             Err(e) => {
                 self.last_error = Some(e.clone());
@@ -65,6 +67,55 @@ pub struct Sources {
     pub config: Option<(PathBuf, Vec<u8>)>,
 }
 
+/// Says so, loudly, when the serving certificate is outside its validity: clients refuse it,
+/// so every webhook call fails until it is replaced.
+pub fn check_validity(loaded: &Loaded, state: &AppState) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let problem = if now > loaded.not_after {
+        "expired"
+    } else if now < loaded.not_before {
+        "not-yet-valid"
+    } else {
+        return;
+    };
+    state.metrics.certificate_out_of_validity(problem);
+    tracing::warn!(
+        state = problem,
+        not_before = loaded.not_before,
+        not_after = loaded.not_after,
+        now,
+        "the serving certificate is outside its validity period: clients will refuse it"
+    );
+}
+
+/// Whether the certificate and key read form a pair.
+fn pair_matches(contents: &[Vec<u8>]) -> bool {
+    matches!(contents, [cert, key] if load_pair(cert, key).is_ok())
+}
+
+/// The certificate and the key are two files: a Secret update between the two reads gives a
+/// pair that does not match. Read them again, briefly, until they agree.
+async fn settle_pair(
+    watch: &mut Watch,
+    mut change: Result<Vec<Vec<u8>>, String>,
+) -> Result<Vec<Vec<u8>>, String> {
+    for _ in 0..5 {
+        match &change {
+            Ok(contents) if !pair_matches(contents) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                change = watch.read();
+            }
+            _ => break,
+        }
+    }
+    if let Ok(contents) = &change {
+        watch.seen = Some(contents.clone());
+    }
+    change
+}
+
 fn apply_cert(contents: Result<Vec<Vec<u8>>, String>, state: &AppState, store: &CertStore) {
     let loaded = contents.and_then(|c| match c.as_slice() {
         [cert, key] => load_pair(cert, key).map_err(|e| e.to_string()),
@@ -72,6 +123,7 @@ fn apply_cert(contents: Result<Vec<Vec<u8>>, String>, state: &AppState, store: &
     });
     match loaded {
         Ok(l) => {
+            check_validity(&l, state);
             store.set(l.key);
             state.metrics.set_cert_expiry(l.not_after);
             state.metrics.reloaded(ReloadKind::Certificate, true);
@@ -136,8 +188,11 @@ async fn poll_loop(
     });
     loop {
         tokio::time::sleep(interval).await;
-        if let Some(change) = cert.as_mut().and_then(Watch::poll) {
-            apply_cert(change, &state, &store);
+        if let Some(watch) = cert.as_mut() {
+            if let Some(change) = watch.poll() {
+                let change = settle_pair(watch, change).await;
+                apply_cert(change, &state, &store);
+            }
         }
         if let Some((watch, ca)) = client_ca.as_mut() {
             if let Some(change) = watch.poll() {

@@ -37,6 +37,8 @@ use crate::tls::{self, CertStore, HandshakeFailure, RateLimit};
 /// dropped, so slow or silent clients cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest pause between two parts of a request body.
+const BODY_STALL: Duration = Duration::from_secs(2);
 /// Reviews of bodies larger than this run on the blocking pool (a 4 MiB body is tens of
 /// milliseconds of CPU); smaller ones, the apiserver's everyday pods, on the async worker.
 const BLOCKING_REVIEW_BYTES: usize = 256 * 1024;
@@ -212,7 +214,11 @@ async fn read_and_review(
     let mut bytes = Vec::new();
     let mut body = body;
     loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+        // Each part within BODY_STALL of the last: a body that stops holds its share of the
+        // budget for seconds, not for the whole request timeout.
+        let next = deadline.min(tokio::time::Instant::now() + BODY_STALL);
+        let frame = match tokio::time::timeout_at(next, body.frame()).await {
+            Err(_) if next < deadline => return Err(RequestError::Timeout(BODY_STALL)),
             Err(_) => return Err(RequestError::Timeout(state.body_timeout)),
             Ok(None) => break,
             Ok(Some(Err(e))) => {
@@ -279,6 +285,24 @@ async fn mutate_with_policy(
     answer(&state, Some(&policy), query.as_deref(), &headers, body).await
 }
 
+/// A request-derived log field with its control characters escaped (`\n`, `\u{1b}`): the
+/// text log format writes fields as they are, and a newline in a uid would forge a line.
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Reviews, counts and logs one request: every webhook answer goes through here.
 async fn answer(
     state: &AppState,
@@ -297,12 +321,12 @@ async fn answer(
                 .metrics
                 .observe(a.outcome, a.reason, elapsed.as_secs_f64());
             tracing::info!(
-                uid = %a.uid,
-                namespace = %a.namespace,
-                pod = %a.pod,
+                uid = %Escaped(&a.uid),
+                namespace = %Escaped(&a.namespace),
+                pod = %Escaped(&a.pod),
                 outcome = %a.outcome.as_str(),
                 reason = %a.reason.as_str(),
-                profiles = %a.profiles.join(","),
+                profiles = %Escaped(&a.profiles.join(",")),
                 duration_us,
                 "admission review"
             );
@@ -316,7 +340,7 @@ async fn answer(
             tracing::warn!(
                 outcome = %Outcome::Error.as_str(),
                 reason = %e.reason().as_str(),
-                error = %e,
+                error = %Escaped(&e.to_string()),
                 duration_us,
                 "admission review rejected"
             );
@@ -457,6 +481,7 @@ fn load(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<Startu
     let metrics = Metrics::new();
     metrics.set_cert_expiry(loaded.not_after);
     let state = Arc::new(AppState::new(config, metrics, args.timing.request_timeout));
+    reload::check_validity(&loaded, &state);
     let store = Arc::new(CertStore::new(loaded.key));
     let client_ca = match &args.tls.client_ca {
         None => None,
@@ -748,6 +773,15 @@ mod tests {
     use super::*;
     use axum::http::Request;
     use tower::ServiceExt;
+
+    #[test]
+    fn log_fields_escape_control_characters() {
+        assert_eq!(
+            Escaped("uid\nFORGED line\u{1b}[31m\t").to_string(),
+            "uid\\nFORGED line\\u{1b}[31m\\t"
+        );
+        assert_eq!(Escaped("pod-é").to_string(), "pod-é");
+    }
 
     #[test]
     fn policy_query_values() {

@@ -40,7 +40,8 @@ fn provider() -> Arc<CryptoProvider> {
 /// A serving certificate chain and key, checked to belong together.
 pub struct Loaded {
     pub key: Arc<CertifiedKey>,
-    /// The leaf's notAfter, as a Unix time.
+    /// The leaf's notBefore and notAfter, as Unix times.
+    pub not_before: i64,
     pub not_after: i64,
 }
 
@@ -52,12 +53,14 @@ pub fn load_pair(cert_pem: &[u8], key_pem: &[u8]) -> Result<Loaded, TlsError> {
     let leaf = certs.first().ok_or(TlsError::NoCertificate)?;
     let (_, parsed) =
         x509_parser::parse_x509_certificate(leaf).map_err(|e| TlsError::Validity(e.to_string()))?;
+    let not_before = parsed.validity().not_before.timestamp();
     let not_after = parsed.validity().not_after.timestamp();
     let key =
         PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::KeyPem(e.to_string()))?;
     let key = CertifiedKey::from_der(certs, key, &provider()).map_err(TlsError::Pair)?;
     Ok(Loaded {
         key: Arc::new(key),
+        not_before,
         not_after,
     })
 }
