@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The end-to-end suite (tests/e2e.rs) against a real control plane: builds it (once per
+# The end-to-end suite (tests/e2e.rs) against a real control plane, and the hostile-client
+# tests (tests/hostile.rs) against the release server: builds the control plane (once per
 # version, cached outside the checkout) and the release binary, starts it in a temporary
 # directory, runs the suite, and stops everything whatever happens.
 set -euo pipefail
@@ -23,5 +24,5 @@ finish() {
 trap finish EXIT
 bash "$cp" start "$dir"
 SIDECAR_E2E_ENV="$dir/env" SIDECAR_E2E_BIN="$root/target/release/sidecar-injector" \
-    cargo test --locked --features e2e --test e2e -- --test-threads=1
+    cargo test --locked --features e2e --test e2e --test hostile -- --test-threads=1
 cat target/e2e/latency.md

@@ -27,7 +27,9 @@ use tower::ServiceExt;
 use crate::admission::{review, Answer, Outcome, RequestError, MAX_BODY_BYTES};
 use crate::config::Config;
 use crate::inject::Policy;
-use crate::limits::{BudgetedBody, DeadlineIo, Reservation, Tracked, Unsent, WORK_FACTOR};
+use crate::limits::{
+    BudgetedBody, DeadlineIo, Reservation, Tracked, Unsent, SMALL_REVIEW_BYTES, WORK_FACTOR,
+};
 use crate::metrics::Metrics;
 use crate::reload::{self, Sources};
 use crate::state::AppState;
@@ -45,12 +47,14 @@ const BLOCKING_REVIEW_BYTES: usize = 256 * 1024;
 /// Connections served at once on the webhook port; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 256;
 /// Connections served at once on the metrics port (probes and scrapes).
-pub const MAX_METRICS_CONNECTIONS: usize = 32;
+pub const MAX_METRICS_CONNECTIONS: usize = 128;
+/// Probes and scrapes send their request at once: idle connections there go after this.
+const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Concurrent HTTP/2 streams per connection (hyper's default is 200).
 const MAX_STREAMS_PER_CONNECTION: u32 = 32;
 /// HTTP/2 receive windows: body bytes a client can have in flight before it must wait.
 const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
-const CONNECTION_WINDOW_BYTES: u32 = 128 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024;
 /// Request head (HTTP/1.1 buffer, HTTP/2 header list).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// How long a write may stay blocked, and an answer unsent, before the connection is closed:
@@ -210,8 +214,27 @@ async fn read_and_review(
     // The body, within the budget as it arrives: a flood of bodies that never end holds at
     // most the budget, and a body that trickles in too slowly is answered 408.
     let deadline = tokio::time::Instant::now() + state.body_timeout;
-    let mut reservation = Reservation::default();
+    // hyper refuses a body longer than its Content-Length, so a small declared size is a
+    // promise the client cannot break.
+    let budget = match declared {
+        Some(n) if n <= SMALL_REVIEW_BYTES as u64 => &state.small,
+        _ => &state.large,
+    };
+    // The budget pays for the buffer's capacity, not only what is in it: a declared length is
+    // reserved and allocated once; otherwise each growth is reserved before it happens.
     let mut bytes = Vec::new();
+    let mut reservation = match declared {
+        Some(n) => {
+            let n = n as usize;
+            let reserved = budget
+                .reserve(n, deadline)
+                .await
+                .ok_or(RequestError::Busy)?;
+            bytes.reserve_exact(n);
+            reserved
+        }
+        None => Reservation::default(),
+    };
     let mut body = body;
     loop {
         // Each part within BODY_STALL of the last: a body that stops holds its share of the
@@ -231,18 +254,20 @@ async fn read_and_review(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if bytes.len() + data.len() > MAX_BODY_BYTES {
+        let needed = bytes.len() + data.len();
+        if needed > MAX_BODY_BYTES {
             return Err(RequestError::TooLarge);
         }
-        let more = state.budget.reserve(data.len(), deadline).await;
-        reservation.merge(more.ok_or(RequestError::Busy)?);
+        if needed > bytes.capacity() {
+            let grown = needed.max(bytes.capacity() * 2).min(MAX_BODY_BYTES);
+            let more = budget.reserve(grown - bytes.capacity(), deadline).await;
+            reservation.merge(more.ok_or(RequestError::Busy)?);
+            bytes.reserve_exact(grown - bytes.len());
+        }
         bytes.extend_from_slice(&data);
     }
     // The review's working memory, then only the answer's bytes stay reserved until sent.
-    let work = state
-        .budget
-        .reserve(bytes.len() * WORK_FACTOR, deadline)
-        .await;
+    let work = budget.reserve(bytes.len() * WORK_FACTOR, deadline).await;
     let work = work.ok_or(RequestError::Busy)?;
     let config = state.config();
     let answer = if bytes.len() > BLOCKING_REVIEW_BYTES {
@@ -256,10 +281,7 @@ async fn read_and_review(
     drop(work);
     let held = reservation.kib() * 1024;
     if answer.body.len() > held {
-        let more = state
-            .budget
-            .reserve(answer.body.len() - held, deadline)
-            .await;
+        let more = budget.reserve(answer.body.len() - held, deadline).await;
         reservation.merge(more.ok_or(RequestError::Busy)?);
     }
     reservation.shrink_to(answer.body.len());
@@ -522,7 +544,7 @@ fn spawn_metrics(
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(METRICS_HEADER_TIMEOUT)
             .keep_alive(false)
             .max_buf_size(MAX_HEADER_BYTES);
         let slots = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
@@ -547,7 +569,12 @@ fn spawn_metrics(
                 },
                 _ = &mut stop => break,
             };
-            let io = DeadlineIo::new(stream, OPENING_BYTES, HEADER_READ_TIMEOUT, WRITE_DEADLINE);
+            let io = DeadlineIo::new(
+                stream,
+                OPENING_BYTES,
+                METRICS_HEADER_TIMEOUT,
+                WRITE_DEADLINE,
+            );
             let conn = builder
                 .serve_connection(TokioIo::new(io), TowerToHyperService::new(app.clone()))
                 .into_owned();

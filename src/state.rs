@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::limits::{Budget, REVIEW_BUDGET_BYTES};
+use crate::limits::{Budget, LARGE_BUDGET_BYTES, SMALL_BUDGET_BYTES};
 use crate::metrics::Metrics;
 
 /// What the handlers share.
@@ -16,8 +16,10 @@ pub struct AppState {
     ready: AtomicBool,
     /// How long a request body may take to arrive.
     pub body_timeout: Duration,
-    /// Bytes of reviews in flight (bodies, working memory, unsent answers).
-    pub budget: Budget,
+    /// Bytes of reviews in flight (bodies, working memory, unsent answers): small reviews
+    /// and the rest, each from its own pool.
+    pub small: Budget,
+    pub large: Budget,
 }
 
 impl AppState {
@@ -27,7 +29,8 @@ impl AppState {
             metrics,
             ready: AtomicBool::new(false),
             body_timeout,
-            budget: Budget::new(REVIEW_BUDGET_BYTES),
+            small: Budget::new(SMALL_BUDGET_BYTES),
+            large: Budget::new(LARGE_BUDGET_BYTES),
         }
     }
 

@@ -256,3 +256,72 @@ fn strict_validation_can_fail() {
     std::fs::write(&f, br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[{"name":"a","image":"x","bogus":1}]}}"#).unwrap();
     assert!(validate_strict(&[f]).is_err());
 }
+
+#[test]
+fn certs_leaves_an_older_world_readable_key_at_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("tls.key");
+    std::fs::write(&key, "old").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(
+        &[
+            "certs",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--dns",
+            "x.svc",
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&key)
+        .unwrap()
+        .contains("PRIVATE KEY"));
+}
+
+/// One anchor aliased 10 times a level, 6 levels deep: a few hundred bytes that would expand
+/// to a million nodes.
+fn alias_bomb() -> String {
+    let mut yaml = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..7 {
+        let items = vec![format!("*a{}", i - 1); 10].join(", ");
+        yaml.push_str(&format!("a{i}: &a{i} [{items}]\n"));
+    }
+    yaml
+}
+
+#[test]
+fn yaml_alias_bombs_are_refused_by_inject_and_config() {
+    let bomb = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata:\n  {}",
+        alias_bomb().replace('\n', "\n  ")
+    );
+    let out = run(&["inject"], bomb.as_bytes());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("alias") || err.contains("limit"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}defaultProfiles: [a]\nprofiles:\n  a: {{}}\n",
+            alias_bomb()
+        ),
+    )
+    .unwrap();
+    let out = run(&["--config", config.to_str().unwrap(), "review"], b"{}");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Refused like any invalid config (here before any expansion: the keys are unknown).
+    assert!(err.contains("config.yaml:"), "{err}");
+}

@@ -752,3 +752,39 @@ fn failed_handshakes_are_counted_by_reason_and_logged_at_most_once_per_interval(
         "ok\n"
     );
 }
+
+#[test]
+fn request_fields_cannot_forge_log_lines() {
+    let certs = make_certs();
+    let args = tls_args(&certs);
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut review: Value =
+        serde_json::from_slice(&std::fs::read(fixture("reviews/replicaset-pod.json")).unwrap())
+            .unwrap();
+    review["request"]["uid"] =
+        serde_json::json!("u1\n2026-01-01T00:00:00Z  INFO FORGED outcome=injected\u{1b}[31m");
+    let body = serde_json::to_vec(&review).unwrap();
+    rt().block_on(async {
+        let c = client(&certs.path.join("ca.crt"), true);
+        assert_eq!(post(&c, &server.url("/mutate"), body).await.unwrap().0, 200);
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !server.log_has("admission review") {
+        assert!(Instant::now() < deadline, "no review logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lines = server.log_lines();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("2026-01-01") || l.contains('\u{1b}')),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l
+                .contains(r"uid=u1\n2026-01-01T00:00:00Z  INFO FORGED outcome=injected\u{1b}[31m")),
+        "{lines:#?}"
+    );
+}
