@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Load benchmark: this project's release server against ../shared/bench/ceiling (a no-op
-# axum + rustls server answering a fixed AdmissionReview) under the same h2load load,
-# HTTP/2 at 1, 8 and 64 concurrent streams, each measured ROUNDS times, alternating.
+# axum + rustls server answering a fixed AdmissionReview) under the same h2load load, over
+# HTTP/2 (streams on 1 or 4 connections) and HTTP/1.1 keep-alive (kube-apiserver's protocol
+# for webhooks: one connection per request in flight), at 1, 8 and 64 in flight, each
+# measured ROUNDS times, alternating.
 # The project logs at PROJECT_LOG (default info, its own default: one line per review) to
 # /dev/null.
 # Prints one markdown table per round and the ratios project/ceiling. 127.0.0.1 only.
@@ -33,6 +35,8 @@ wait_port() {
 
 for round in $(seq "$rounds"); do
   : >"$out/round$round.txt"
+  for proto in ${PROTOCOLS:-h2 h1}; do
+  h1=(); [ "$proto" = h1 ] && h1=(--h1)
   for server in project ceiling; do
     if [ $server = project ]; then
       start=$(date +%s%N)
@@ -46,8 +50,9 @@ for round in $(seq "$rounds"); do
       srv=$!
       wait_port
     fi
-    bash "$bench/load.sh" "$url" "$body" --pid "$srv" --label "$server" | tee -a "$out/round$round.txt"
+    bash "$bench/load.sh" "$url" "$body" --pid "$srv" --label "$server" "${h1[@]}" | tee -a "$out/round$round.txt"
     stop
+  done
   done
 done
 
@@ -62,16 +67,16 @@ for path in sys.argv[1:]:
         m = re.match(r"^(\S+) proto=(\S+) conc=(\d+) (.*)$", line.strip())
         if m:
             kv = dict(p.split("=", 1) for p in m[4].split() if "=" in p)
-            rows.setdefault((int(m[3]), m[1]), []).append(kv)
+            rows.setdefault((m[2], int(m[3]), m[1]), []).append(kv)
 def avg(xs, k):
     v = [float(x[k]) for x in xs if x.get(k) not in (None, "NA")]
     return sum(v) / len(v) if v else float("nan")
-print("| conc | req/s ratio | p50 ratio | p99 ratio | CPU/req ratio | project peak RSS MiB |")
-print("|---|---|---|---|---|---|")
-for conc in sorted({c for c, _ in rows}):
-    p, c = rows.get((conc, "project"), []), rows.get((conc, "ceiling"), [])
+print("| protocol | conc | req/s ratio | p50 ratio | p99 ratio | CPU/req ratio | project peak RSS MiB |")
+print("|---|---|---|---|---|---|---|")
+for proto, conc in sorted({(pr, c) for pr, c, _ in rows}):
+    p, c = rows.get((proto, conc, "project"), []), rows.get((proto, conc, "ceiling"), [])
     r = lambda k: avg(p, k) / avg(c, k)
     rss = max(float(x.get("vmhwm_kB", 0)) for x in p) / 1024
-    print(f"| {conc} | {r('req/s'):.2f} | {r('p50_ms'):.2f} | {r('p99_ms'):.2f} | {r('srv_cpu_us/req'):.2f} | {rss:.1f} |")
+    print(f"| {proto} | {conc} | {r('req/s'):.2f} | {r('p50_ms'):.2f} | {r('p99_ms'):.2f} | {r('srv_cpu_us/req'):.2f} | {rss:.1f} |")
 PY
 cat "$out/ready.txt"
