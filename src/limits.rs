@@ -25,9 +25,9 @@ pub const SMALL_REVIEW_BYTES: usize = 256 * 1024;
 /// The pool for small reviews: ~200 realistic (6 KB) reviews at once, at least 4 of the
 /// largest small ones.
 pub const SMALL_BUDGET_BYTES: usize = 16 << 20;
-/// The pool for everything else: one review of the largest body (4 MiB) with its working
-/// memory fits; larger reviews take turns.
-pub const LARGE_BUDGET_BYTES: usize = 56 << 20;
+/// The pool for everything else: exactly one review of the largest body (4 MiB) with its
+/// working memory (12x) fits; large reviews take turns.
+pub const LARGE_BUDGET_BYTES: usize = 52 << 20;
 /// A review holds its body and, while it runs, this many times the body's size more:
 /// measured, a 4 MiB body of tiny containers peaks at ~11x (each 13-byte list entry becomes
 /// a 72-byte struct, and a growing list briefly holds twice that).

@@ -52,9 +52,11 @@ pub const MAX_METRICS_CONNECTIONS: usize = 128;
 const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Concurrent HTTP/2 streams per connection (hyper's default is 200).
 const MAX_STREAMS_PER_CONNECTION: u32 = 32;
-/// HTTP/2 receive windows: body bytes a client can have in flight before it must wait.
+/// HTTP/2 receive windows: body bytes a client can have in flight before it must wait. The
+/// connection window trades memory (x MAX_CONNECTIONS) for latency: at 64 KiB, 16 streams of
+/// 6 KB bodies waited on window updates (p99 3.4x the ceiling's); at 128 KiB, 1.1x.
 const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
-const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 128 * 1024;
 /// Request head (HTTP/1.1 buffer, HTTP/2 header list).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// How long a write may stay blocked, and an answer unsent, before the connection is closed:

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The server's documented memory budget (README "Reliability"), below the deploy's 128Mi.
-const BUDGET_MIB: u64 = 110;
+const BUDGET_MIB: u64 = 120;
 /// Past this the watchdog kills the server: the test has failed, the machine is safe.
 const SAFETY_MIB: u64 = 512;
 
