@@ -52,6 +52,10 @@ impl Budget {
         bytes: usize,
         deadline: tokio::time::Instant,
     ) -> Option<Reservation> {
+        // The everyday case, room in the pool, without a timer or a waiting future.
+        if let Ok(permit) = self.0.clone().try_acquire_many_owned(kib(bytes)) {
+            return Some(Reservation(Some(permit)));
+        }
         let sem = self.0.clone();
         let permit = tokio::time::timeout_at(deadline, sem.acquire_many_owned(kib(bytes)))
             .await
