@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -223,20 +223,21 @@ async fn read_and_review(
         _ => &state.large,
     };
     // The budget pays for the buffer's capacity, not only what is in it: a declared length is
-    // reserved and allocated once; otherwise each growth is reserved before it happens.
-    let mut bytes = Vec::new();
+    // reserved at once; otherwise each growth is reserved before it happens. A body that
+    // arrives in one part (the everyday review) is used as it came, without a copy.
+    let mut paid = 0;
     let mut reservation = match declared {
         Some(n) => {
-            let n = n as usize;
-            let reserved = budget
-                .reserve(n, deadline)
+            paid = n as usize;
+            budget
+                .reserve(paid, deadline)
                 .await
-                .ok_or(RequestError::Busy)?;
-            bytes.reserve_exact(n);
-            reserved
+                .ok_or(RequestError::Busy)?
         }
         None => Reservation::default(),
     };
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
     let mut body = body;
     loop {
         // Each part within BODY_STALL of the last: a body that stops holds its share of the
@@ -256,18 +257,46 @@ async fn read_and_review(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        let needed = bytes.len() + data.len();
+        let had = first.as_ref().map_or(joined.len(), Bytes::len);
+        let needed = had + data.len();
         if needed > MAX_BODY_BYTES {
             return Err(RequestError::TooLarge);
         }
-        if needed > bytes.capacity() {
-            let grown = needed.max(bytes.capacity() * 2).min(MAX_BODY_BYTES);
-            let more = budget.reserve(grown - bytes.capacity(), deadline).await;
-            reservation.merge(more.ok_or(RequestError::Busy)?);
-            bytes.reserve_exact(grown - bytes.len());
+        if had == 0 && first.is_none() {
+            // The first part: kept as it came.
+            if needed > paid {
+                let more = budget.reserve(needed - paid, deadline).await;
+                reservation.merge(more.ok_or(RequestError::Busy)?);
+                paid = needed;
+            }
+            first = Some(data);
+            continue;
         }
-        bytes.extend_from_slice(&data);
+        // More parts: one buffer, exactly the declared length, else grown by doubling.
+        let allocated = if first.is_some() {
+            0
+        } else {
+            joined.capacity()
+        };
+        if needed > allocated {
+            let target = if paid >= needed {
+                paid
+            } else {
+                needed.max(allocated * 2).min(MAX_BODY_BYTES)
+            };
+            if target > paid {
+                let more = budget.reserve(target - paid, deadline).await;
+                reservation.merge(more.ok_or(RequestError::Busy)?);
+                paid = target;
+            }
+            joined.reserve_exact(target - joined.len());
+        }
+        if let Some(lone) = first.take() {
+            joined.extend_from_slice(&lone);
+        }
+        joined.extend_from_slice(&data);
     }
+    let bytes = first.unwrap_or_else(|| Bytes::from(joined));
     // The review's working memory, then only the answer's bytes stay reserved until sent.
     let work = budget.reserve(bytes.len() * WORK_FACTOR, deadline).await;
     let work = work.ok_or(RequestError::Busy)?;
