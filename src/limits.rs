@@ -237,19 +237,28 @@ impl<T> DeadlineIo<T> {
         }
     }
 
-    /// A pending write: starts the stall clock, or fails once it has run out.
-    fn check_stall(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+    /// A write or flush that is pending starts the stall clock (or fails once it has run
+    /// out); one that completes stops it.
+    fn stall_guard<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
         let write_stall = self.write_stall;
         let stalled = self
             .stalled
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(write_stall)));
         if stalled.as_mut().poll(cx).is_ready() {
-            return Err(io::Error::new(
+            return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "the client did not read its answer in time",
-            ));
+            )));
         }
-        Ok(())
+        Poll::Pending
     }
 }
 
@@ -288,28 +297,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.io).poll_write(cx, buf) {
-            Poll::Pending => this
-                .check_stall(cx)
-                .map_or_else(|e| Poll::Ready(Err(e)), |()| Poll::Pending),
-            done => {
-                this.stalled = None;
-                done
-            }
-        }
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.stall_guard(cx, polled)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.io).poll_flush(cx) {
-            Poll::Pending => this
-                .check_stall(cx)
-                .map_or_else(|e| Poll::Ready(Err(e)), |()| Poll::Pending),
-            done => {
-                this.stalled = None;
-                done
-            }
-        }
+        let polled = Pin::new(&mut this.io).poll_flush(cx);
+        this.stall_guard(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -225,12 +225,17 @@ async fn read_and_review(
     // The budget pays for the buffer's capacity, not only what is in it: a declared length is
     // reserved at once; otherwise each growth is reserved before it happens. A body that
     // arrives in one part (the everyday review) is used as it came, without a copy.
+    //
+    // With a declared length, the body and the review's working memory are reserved together:
+    // a review that held its body while waiting for the rest could, with others doing the
+    // same, wait until every one of them timed out.
     let mut paid = 0;
     let mut reservation = match declared {
         Some(n) => {
             paid = n as usize;
+            let whole = paid * (1 + WORK_FACTOR);
             budget
-                .reserve(paid, deadline)
+                .reserve(whole, deadline)
                 .await
                 .ok_or(RequestError::Busy)?
         }
@@ -297,9 +302,12 @@ async fn read_and_review(
         joined.extend_from_slice(&data);
     }
     let bytes = first.unwrap_or_else(|| Bytes::from(joined));
-    // The review's working memory, then only the answer's bytes stay reserved until sent.
-    let work = budget.reserve(bytes.len() * WORK_FACTOR, deadline).await;
-    let work = work.ok_or(RequestError::Busy)?;
+    // The review's working memory (already held when the length was declared), then only the
+    // answer's bytes stay reserved until sent.
+    if declared.is_none() {
+        let work = budget.reserve(bytes.len() * WORK_FACTOR, deadline).await;
+        reservation.merge(work.ok_or(RequestError::Busy)?);
+    }
     let config = state.config();
     let answer = if bytes.len() > BLOCKING_REVIEW_BYTES {
         // Tens of milliseconds of CPU: off the async workers, so other connections are served.
@@ -309,7 +317,6 @@ async fn read_and_review(
     } else {
         review(&bytes, policy, &config)?
     };
-    drop(work);
     let held = reservation.kib() * 1024;
     if answer.body.len() > held {
         let more = budget.reserve(answer.body.len() - held, deadline).await;

@@ -117,19 +117,7 @@ impl Target {
     }
 
     fn client(&self, h2: bool) -> reqwest::Client {
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca).unwrap()).unwrap();
-        let b = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .timeout(Duration::from_secs(30));
-        if h2 {
-            b.http2_prior_knowledge()
-        } else {
-            b.http1_only()
-        }
-        .build()
-        .unwrap()
+        common::server::tls_client(&self.ca, h2)
     }
 
     /// A well-behaved neighbor: the realistic pod, answered 200 with a patch.

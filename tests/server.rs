@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::server::{get_plain, Server};
+use common::server::{get_plain, tls_client as client, Server};
 use common::*;
 use serde_json::Value;
 
@@ -36,22 +36,6 @@ fn make_certs() -> Certs {
         path: dir.path().to_path_buf(),
         _dir: dir,
     }
-}
-
-fn client(ca: &Path, h2: bool) -> reqwest::Client {
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
-    let b = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .timeout(Duration::from_secs(20));
-    if h2 {
-        b.http2_prior_knowledge()
-    } else {
-        b.http1_only()
-    }
-    .build()
-    .unwrap()
 }
 
 fn rt() -> tokio::runtime::Runtime {

@@ -100,6 +100,23 @@ impl Drop for Server {
     }
 }
 
+/// An HTTPS client that trusts only `ca`, speaking HTTP/2 (prior knowledge) or HTTP/1.1.
+pub fn tls_client(ca: &Path, h2: bool) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    let b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .timeout(Duration::from_secs(30));
+    if h2 {
+        b.http2_prior_knowledge()
+    } else {
+        b.http1_only()
+    }
+    .build()
+    .unwrap()
+}
+
 pub fn get_plain(url: &str) -> String {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
