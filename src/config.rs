@@ -274,7 +274,7 @@ fn share_root(container: &mut Value) {
 }
 
 /// The capabilities root sharing adds: nothing broader than seeing and signalling.
-pub const SHARE_CAPABILITIES: [&str; 2] = ["SYS_PTRACE", "KILL"];
+const SHARE_CAPABILITIES: [&str; 2] = ["SYS_PTRACE", "KILL"];
 
 fn native_form(container: &mut Value) {
     if let Some(map) = container.as_object_mut() {

@@ -64,8 +64,8 @@ impl Budget {
         Some(Reservation(Some(permit)))
     }
 
-    /// KiB free now (for tests and metrics).
-    pub fn available_kib(&self) -> usize {
+    #[cfg(test)]
+    fn available_kib(&self) -> usize {
         self.0.available_permits()
     }
 }

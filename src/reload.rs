@@ -67,9 +67,11 @@ pub struct Sources {
     pub config: Option<(PathBuf, Vec<u8>)>,
 }
 
-/// Says so, loudly, when the serving certificate is outside its validity: clients refuse it,
-/// so every webhook call fails until it is replaced.
-pub fn check_validity(loaded: &Loaded, state: &AppState) {
+/// Records a serving certificate just put in force: its expiry for the metric and, loudly,
+/// whether it is outside its validity (clients refuse it, so every webhook call fails until it
+/// is replaced). At start and at every reload.
+pub fn note_certificate(loaded: &Loaded, state: &AppState) {
+    state.metrics.set_cert_expiry(loaded.not_after);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -90,42 +92,45 @@ pub fn check_validity(loaded: &Loaded, state: &AppState) {
     );
 }
 
-/// Whether the certificate and key read form a pair.
-fn pair_matches(contents: &[Vec<u8>]) -> bool {
-    matches!(contents, [cert, key] if load_pair(cert, key).is_ok())
+/// Logs what a config that loads still wants the operator to see. At start and every reload.
+pub fn log_config_warnings(config: &Config, origin: &str) {
+    for warning in &config.warnings {
+        tracing::warn!(path = origin, %warning, "config");
+    }
 }
 
-/// The certificate and the key are two files: a Secret update between the two reads gives a
-/// pair that does not match. Read them again, briefly, until they agree.
+fn load_contents(contents: &[Vec<u8>]) -> Result<Loaded, String> {
+    match contents {
+        [cert, key] => load_pair(cert, key).map_err(|e| e.to_string()),
+        _ => Err("expected a certificate and a key".into()),
+    }
+}
+
+/// Loads the certificate and key read. They are two files: a Secret update between the two
+/// reads gives a pair that does not match, so read them again, briefly, until they agree.
 async fn settle_pair(
     watch: &mut Watch,
     mut change: Result<Vec<Vec<u8>>, String>,
-) -> Result<Vec<Vec<u8>>, String> {
-    for _ in 0..5 {
-        match &change {
-            Ok(contents) if !pair_matches(contents) => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                change = watch.read();
-            }
-            _ => break,
+) -> Result<Loaded, String> {
+    let mut rereads = 5;
+    loop {
+        let contents = change?;
+        let loaded = load_contents(&contents);
+        if loaded.is_ok() || rereads == 0 {
+            watch.seen = Some(contents);
+            return loaded;
         }
+        rereads -= 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        change = watch.read();
     }
-    if let Ok(contents) = &change {
-        watch.seen = Some(contents.clone());
-    }
-    change
 }
 
-fn apply_cert(contents: Result<Vec<Vec<u8>>, String>, state: &AppState, store: &CertStore) {
-    let loaded = contents.and_then(|c| match c.as_slice() {
-        [cert, key] => load_pair(cert, key).map_err(|e| e.to_string()),
-        _ => Err("expected a certificate and a key".into()),
-    });
+fn apply_cert(loaded: Result<Loaded, String>, state: &AppState, store: &CertStore) {
     match loaded {
         Ok(l) => {
-            check_validity(&l, state);
+            note_certificate(&l, state);
             store.set(l.key);
-            state.metrics.set_cert_expiry(l.not_after);
             state.metrics.reloaded(ReloadKind::Certificate, true);
             tracing::info!(not_after = l.not_after, "certificate reloaded");
         }
@@ -155,9 +160,7 @@ fn apply_config(contents: Result<Vec<Vec<u8>>, String>, origin: &str, state: &Ap
         contents.and_then(|c| Config::from_bytes(&c.concat(), origin).map_err(|e| e.to_string()));
     match loaded {
         Ok(config) => {
-            for warning in &config.warnings {
-                tracing::warn!(path = origin, %warning, "config");
-            }
+            log_config_warnings(&config, origin);
             state.set_config(config);
             state.metrics.reloaded(ReloadKind::Config, true);
             tracing::info!(path = origin, "config reloaded");
@@ -190,8 +193,8 @@ async fn poll_loop(
         tokio::time::sleep(interval).await;
         if let Some(watch) = cert.as_mut() {
             if let Some(change) = watch.poll() {
-                let change = settle_pair(watch, change).await;
-                apply_cert(change, &state, &store);
+                let loaded = settle_pair(watch, change).await;
+                apply_cert(loaded, &state, &store);
             }
         }
         if let Some((watch, ca)) = client_ca.as_mut() {

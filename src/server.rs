@@ -1,8 +1,10 @@
 //! `serve`: the HTTPS webhook (axum on hyper, rustls), the plain-HTTP metrics listener,
 //! hot reloads and graceful shutdown.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
@@ -45,9 +47,9 @@ const BODY_STALL: Duration = Duration::from_secs(2);
 /// milliseconds of CPU); smaller ones, the apiserver's everyday pods, on the async worker.
 const BLOCKING_REVIEW_BYTES: usize = 256 * 1024;
 /// Connections served at once on the webhook port; more wait in the kernel's backlog.
-pub const MAX_CONNECTIONS: usize = 256;
+const MAX_CONNECTIONS: usize = 256;
 /// Connections served at once on the metrics port (probes and scrapes).
-pub const MAX_METRICS_CONNECTIONS: usize = 128;
+const MAX_METRICS_CONNECTIONS: usize = 128;
 /// Probes and scrapes send their request at once: idle connections there go after this.
 const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Concurrent HTTP/2 streams per connection (hyper's default is 200).
@@ -514,13 +516,15 @@ fn load(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<Startu
         .as_ref()
         .map(|p| read(p, "config"))
         .transpose()?;
-    let config = match (&config_path, &config_bytes) {
-        (Some(p), Some(bytes)) => Config::from_bytes(bytes, &p.display().to_string())?,
+    let origin = config_path.as_ref().map(|p| p.display().to_string());
+    let config = match (&origin, &config_bytes) {
+        (Some(origin), Some(bytes)) => Config::from_bytes(bytes, origin)?,
         _ => Config::embedded()?,
     };
-    for warning in &config.warnings {
-        tracing::warn!(%warning, "config");
-    }
+    reload::log_config_warnings(
+        &config,
+        origin.as_deref().unwrap_or("<embedded default config>"),
+    );
 
     let (cert_pem, key_pem, cert_source) = if args.dev {
         let (c, k) = crate::certs::dev_pair()?;
@@ -538,10 +542,12 @@ fn load(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<Startu
         )
     };
     let loaded = tls::load_pair(&cert_pem, &key_pem).context("serving certificate")?;
-    let metrics = Metrics::new();
-    metrics.set_cert_expiry(loaded.not_after);
-    let state = Arc::new(AppState::new(config, metrics, args.timing.request_timeout));
-    reload::check_validity(&loaded, &state);
+    let state = Arc::new(AppState::new(
+        config,
+        Metrics::new(),
+        args.timing.request_timeout,
+    ));
+    reload::note_certificate(&loaded, &state);
     let store = Arc::new(CertStore::new(loaded.key));
     let client_ca = match &args.tls.client_ca {
         None => None,
@@ -588,25 +594,9 @@ fn spawn_metrics(
         let slots = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
         let graceful = GracefulShutdown::new();
         tokio::pin!(stop);
-        loop {
-            let slot = tokio::select! {
-                slot = slots.clone().acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => break,
-                },
-                _ = &mut stop => break,
-            };
-            let stream = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        tracing::warn!(%error, "metrics accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = &mut stop => break,
-            };
+        while let Some((slot, stream, _)) =
+            next_connection(&listener, &slots, &mut stop, "metrics").await
+        {
             let io = DeadlineIo::new(
                 stream,
                 OPENING_BYTES,
@@ -737,6 +727,33 @@ async fn answers_not_taken(unsent: &Unsent) {
     }
 }
 
+/// The next connection of `listener` once one of `slots` is free, or `None` when `stop`
+/// comes first. A failed accept (out of file descriptors and the like) backs off instead of
+/// spinning.
+async fn next_connection<F: Future>(
+    listener: &TcpListener,
+    slots: &Arc<Semaphore>,
+    stop: &mut Pin<&mut F>,
+    port: &str,
+) -> Option<(OwnedSemaphorePermit, TcpStream, SocketAddr)> {
+    let slot = tokio::select! {
+        slot = slots.clone().acquire_owned() => slot.ok()?,
+        _ = stop.as_mut() => return None,
+    };
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => return Some((slot, stream, peer)),
+                Err(error) => {
+                    tracing::warn!(%error, port, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.as_mut() => return None,
+        }
+    }
+}
+
 /// Accepts webhook connections until SIGTERM/SIGINT, at most [`MAX_CONNECTIONS`] at once.
 async fn accept_until_shutdown(
     listener: &TcpListener,
@@ -746,26 +763,9 @@ async fn accept_until_shutdown(
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => return,
-            },
-            _ = &mut shutdown => return,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => return,
-        };
+    while let Some((slot, stream, peer)) =
+        next_connection(listener, &slots, &mut shutdown, "webhook").await
+    {
         // Without TCP_NODELAY, HTTP/2 answers stall ~40 ms on Nagle vs. delayed ACK.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, %peer, "cannot set TCP_NODELAY");
