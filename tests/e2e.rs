@@ -265,9 +265,9 @@ fn reviews_now() -> u64 {
     reviews(webhook().as_ref().unwrap())
 }
 
-fn pod(name: &str, annotations: Value, labels: Value) -> Value {
+fn pod(ns: &str, name: &str, annotations: Value, labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "annotations": annotations, "labels": labels},
+        "metadata": {"name": name, "namespace": ns, "annotations": annotations, "labels": labels},
         "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}})
 }
 
@@ -464,8 +464,7 @@ fn opt_in_and_opt_out_by_namespace_label_annotation_and_label() {
     for (ns, name, annotation, label, injected) in cases {
         let key = |v: Option<&str>| v.map_or(json!({}), |v| json!({INJECT: v}));
         let (annotations, labels) = (key(annotation), key(label));
-        let mut p = pod(name, annotations, labels);
-        p["metadata"]["namespace"] = json!(ns);
+        let p = pod(ns, name, annotations, labels);
         c.apply_ok(&p);
         let stored = c.get(ns, &format!("pod/{name}"));
         if injected {
@@ -534,8 +533,7 @@ fn unselected_pods_never_reach_the_webhook() {
     c.namespace("unselected", json!({}));
     let before = reviews_now();
     for i in 0..5 {
-        let mut p = pod(&format!("plain-{i}"), json!({}), json!({}));
-        p["metadata"]["namespace"] = json!("unselected");
+        let p = pod("unselected", &format!("plain-{i}"), json!({}), json!({}));
         c.apply_ok(&p);
     }
     assert_eq!(
@@ -560,8 +558,7 @@ fn unselected_pods_never_reach_the_webhook() {
             ("labelled-ns", json!({})),
             ("opted-in", json!({INJECT: "true"})),
         ] {
-            let mut p = pod(name, annotations, json!({}));
-            p["metadata"]["namespace"] = json!(ns);
+            let mut p = pod(ns, name, annotations, json!({}));
             // The injector's namespace enforces "restricted": a compliant pod.
             p["spec"]["securityContext"] = json!({"runAsNonRoot": true, "runAsUser": 1000,
                 "seccompProfile": {"type": "RuntimeDefault"}});
@@ -580,8 +577,7 @@ fn denials_and_warnings_reach_the_user_through_kubectl() {
     let ns = "denials";
     let (_s, c) = scenario(ns, json!({}));
 
-    let mut bad = pod("bad-value", json!({INJECT: "yes"}), json!({}));
-    bad["metadata"]["namespace"] = json!(ns);
+    let bad = pod(ns, "bad-value", json!({INJECT: "yes"}), json!({}));
     let out = c.apply(&bad);
     assert!(!out.status.success(), "a bad annotation value was admitted");
     let err = stderr(&out);
@@ -590,8 +586,7 @@ fn denials_and_warnings_reach_the_user_through_kubectl() {
         "kubectl does not show the webhook's message: {err}"
     );
 
-    let mut clash = pod("clash", json!({INJECT: "true"}), json!({}));
-    clash["metadata"]["namespace"] = json!(ns);
+    let mut clash = pod(ns, "clash", json!({INJECT: "true"}), json!({}));
     clash["spec"]["containers"][0]["name"] = json!("sidecar");
     let out = c.apply(&clash);
     assert!(!out.status.success(), "a name clash was admitted");
@@ -601,12 +596,12 @@ fn denials_and_warnings_reach_the_user_through_kubectl() {
         "{err}"
     );
 
-    let mut share = pod(
+    let share = pod(
+        ns,
         "share",
         json!({INJECT: "true", "sidecar-injector.io/share-process-namespace": "true"}),
         json!({}),
     );
-    share["metadata"]["namespace"] = json!(ns);
     let out = c.apply_ok(&share);
     let err = stderr(&out);
     assert!(
@@ -682,15 +677,13 @@ fn reinvocation_with_a_second_injector_injects_once() {
         Duration::from_secs(20),
         || {
             i += 1;
-            let mut p = pod(&format!("warmup-{i}"), json!({}), json!({}));
-            p["metadata"]["namespace"] = json!(ns);
+            let p = pod(ns, &format!("warmup-{i}"), json!({}), json!({}));
             c.apply_ok(&p);
             reviews(&second) > 0
         },
     );
 
-    let mut p = pod("two-apps", json!({}), json!({}));
-    p["metadata"]["namespace"] = json!(ns);
+    let mut p = pod(ns, "two-apps", json!({}), json!({}));
     p["spec"]["containers"] = json!([{"name": "app", "image": "nginx:1.27"}, {"name": "worker", "image": "busybox:1.36"}]);
     let (first_before, second_before) = (reviews_now(), reviews(&second));
     c.apply_ok(&p);
@@ -724,8 +717,7 @@ fn base64_encode(bytes: &[u8]) -> String {
 
 /// A pod create that the webhook configuration sends to us, in a fresh namespace.
 fn create_opted_in(c: &Cluster, ns: &str, name: &str) -> Output {
-    let mut p = pod(name, json!({INJECT: "true"}), json!({}));
-    p["metadata"]["namespace"] = json!(ns);
+    let p = pod(ns, name, json!({INJECT: "true"}), json!({}));
     c.apply(&p)
 }
 
@@ -747,8 +739,7 @@ fn failure_policy_refuses_opted_in_pods_while_the_webhook_is_down() {
         err.contains("failed calling webhook") && err.contains("pod.sidecar-injector.io"),
         "the refusal does not name the webhook: {err}"
     );
-    let mut plain = pod("plain-while-down", json!({}), json!({}));
-    plain["metadata"]["namespace"] = json!(ns);
+    let plain = pod(ns, "plain-while-down", json!({}), json!({}));
     c.apply_ok(&plain);
 
     drop(webhook());
@@ -1201,14 +1192,16 @@ fn latency_as_the_apiserver_sees_it() {
     eprintln!("{report}");
 }
 
-/// A pod that Pod Security "restricted" admits on its own, with pod-level `extra` settings.
+/// A pod in `ns` that Pod Security "restricted" admits on its own, with these pod-level and
+/// app-container securityContext settings added.
 fn restricted_pod(
+    ns: &str,
     name: &str,
     annotations: Value,
     pod_security: Value,
     app_security: Value,
 ) -> Value {
-    let mut p = pod(name, annotations, json!({}));
+    let mut p = pod(ns, name, annotations, json!({}));
     let mut sc = json!({"seccompProfile": {"type": "RuntimeDefault"}});
     for (k, v) in pod_security.as_object().unwrap() {
         sc[k] = v.clone();
@@ -1298,8 +1291,7 @@ fn pod_security_levels_admit_injected_pods_as_documented() {
             Pod1001 => (json!({"runAsNonRoot": true, "runAsUser": 1001}), json!({})),
         };
         let ns = format!("pss-{level}");
-        let mut p = restricted_pod(name, annotations, pod_security, app_security);
-        p["metadata"]["namespace"] = json!(ns);
+        let p = restricted_pod(&ns, name, annotations, pod_security, app_security);
         let out = c.apply(&p);
         let err = stderr(&out);
         let at = format!("pod {ns}/{name}");
