@@ -41,6 +41,9 @@ pub enum Command {
     Inject(InjectArgs),
     /// Write a CA and a serving certificate and key (ca.crt, tls.crt, tls.key).
     Certs(CertsArgs),
+    /// Ask the cluster whether pods and workloads are (or would be) injected, and why.
+    /// Exit 0: all are; 1: some are not; 2: the cluster could not be asked.
+    Check(crate::check::CheckArgs),
 }
 
 #[derive(Args, Debug)]
@@ -156,6 +159,19 @@ fn certs(args: &CertsArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+fn check(args: &crate::check::CheckArgs, config: Option<&Path>) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let findings = runtime.block_on(crate::check::run(args, config))?;
+    let text = match args.output {
+        crate::check::Format::Table => crate::check::table(&findings),
+        crate::check::Format::Json => serde_json::to_string_pretty(&findings)? + "\n",
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(findings.iter().all(|f| f.result.ok()))
+}
+
 fn run(cli: Cli) -> anyhow::Result<bool> {
     let config = || {
         let config = Config::load(cli.config.as_deref())?;
@@ -168,18 +184,24 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Review(args) => review(&config()?, args),
         Command::Inject(args) => inject(&config()?, args),
         Command::Certs(args) => certs(args),
+        Command::Check(args) => check(args, cli.config.as_deref()),
         Command::Serve(args) => crate::server::serve(args, cli.config.clone()).map(|()| true),
     }
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `check` keeps 1 for "not injected", so it cannot also mean "could not ask".
+    let error_code = match cli.command {
+        Command::Check(_) => 2,
+        _ => 1,
+    };
     match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
             eprintln!("sidecar-injector: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(error_code)
         }
     }
 }

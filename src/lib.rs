@@ -1,11 +1,13 @@
 //! sidecar-injector: a Kubernetes mutating admission webhook that injects sidecars.
 //!
-//! The pure core (`inject`, `podsecurity`, `admission`, `manifest`, `config`, `yaml`) does no I/O; the server
-//! (`server`, `state`, `limits`, `tls`, `reload`, `metrics`) and the CLI (`cli`) are thin shells around it.
+//! The pure core (`inject`, `podsecurity`, `admission`, `manifest`, `config`, `yaml`,
+//! `selection`, `check::evaluate`) does no I/O; the server (`server`, `state`, `limits`, `tls`,
+//! `reload`, `metrics`), the CLI (`cli`) and `check::run` are thin shells around it.
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod certs;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod inject;
@@ -15,6 +17,7 @@ pub mod metrics;
 pub mod pod;
 pub mod podsecurity;
 pub mod reload;
+pub mod selection;
 pub mod server;
 pub mod state;
 pub mod tls;

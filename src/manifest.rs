@@ -27,7 +27,7 @@ pub struct Report {
 }
 
 /// Where a kind keeps its pod template, as a JSON pointer.
-fn template_pointer(kind: &str) -> Option<&'static str> {
+pub(crate) fn template_pointer(kind: &str) -> Option<&'static str> {
     match kind {
         "Pod" => Some(""),
         "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => Some("/spec/template"),

@@ -190,6 +190,17 @@ pub fn policy_from_query(
     }
 }
 
+/// The policy of a `/mutate/{policy}` route.
+pub fn path_policy_segment(segment: &str) -> Result<Policy, RequestError> {
+    match segment {
+        "enabled" => Ok(Policy::Enabled),
+        "disabled" => Ok(Policy::Disabled),
+        other => Err(RequestError::BadRequest(format!(
+            "invalid policy {other:?} in the path: it takes /mutate/enabled or /mutate/disabled"
+        ))),
+    }
+}
+
 async fn read_and_review(
     state: &AppState,
     path_policy: Option<&str>,
@@ -197,16 +208,7 @@ async fn read_and_review(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Answer, Reservation), RequestError> {
-    let path_policy = match path_policy {
-        None => None,
-        Some("enabled") => Some(Policy::Enabled),
-        Some("disabled") => Some(Policy::Disabled),
-        Some(other) => {
-            return Err(RequestError::BadRequest(format!(
-                "invalid policy {other:?} in the path: it takes /mutate/enabled or /mutate/disabled"
-            )))
-        }
-    };
+    let path_policy = path_policy.map(path_policy_segment).transpose()?;
     let policy = policy_from_query(query, path_policy)?;
     let declared = headers
         .get(header::CONTENT_LENGTH)

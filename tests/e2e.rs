@@ -1335,3 +1335,377 @@ fn pod_security_levels_admit_injected_pods_as_documented() {
         }
     }
 }
+
+/// `sidecar-injector check ARGS` as a user runs it, with `kubeconfig`: (exit code, stdout,
+/// stderr).
+fn run_check(c: &Cluster, kubeconfig: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(&c.release)
+        .arg("check")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("SIDECAR_INJECTOR_CONFIG")
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// `check ARGS -o json` as the admin: the exit code and the findings.
+fn check_json(c: &Cluster, args: &[&str]) -> (i32, Vec<Value>) {
+    let mut args = args.to_vec();
+    args.extend(["-o", "json"]);
+    let (code, out, err) = run_check(c, &c.kubeconfig, &args);
+    let items: Vec<Value> = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("check {}: {e}: {out}{err}", args.join(" ")));
+    (code, items)
+}
+
+/// The one finding of `check ARGS`, asserted to have `result` and `reason`, and the exit code
+/// that goes with them.
+fn check_one(c: &Cluster, args: &[&str], result: &str, reason: &str) -> Value {
+    let (code, items) = check_json(c, args);
+    assert_eq!(items.len(), 1, "check {}: {items:#?}", args.join(" "));
+    let f = items[0].clone();
+    assert_eq!(
+        (f["result"].as_str(), f["reason"].as_str()),
+        (Some(result), Some(reason)),
+        "check {}: {f:#}",
+        args.join(" ")
+    );
+    let ok = matches!(result, "injected" | "would-inject");
+    assert_eq!(
+        code,
+        if ok { 0 } else { 1 },
+        "check {}: exit code",
+        args.join(" ")
+    );
+    f
+}
+
+fn deployment(ns: &str, name: &str, template_annotations: Value) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}, "annotations": template_annotations},
+                "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}}})
+}
+
+#[test]
+fn check_explains_why_each_object_is_or_is_not_injected() {
+    let ns = "check";
+    let (_s, c) = scenario(ns, json!({}));
+    c.namespace("check-on", json!({NS_LABEL: "enabled"}));
+    c.namespace("check-off", json!({NS_LABEL: "disabled"}));
+    c.apply_ok(&pod(ns, "injected", json!({INJECT: "true"}), json!({})));
+    c.apply_ok(&pod(ns, "plain", json!({}), json!({})));
+    c.apply_ok(&pod(
+        "check-on",
+        "opted-out",
+        json!({INJECT: "false"}),
+        json!({}),
+    ));
+    c.apply_ok(&pod(
+        "check-off",
+        "excluded",
+        json!({INJECT: "true"}),
+        json!({}),
+    ));
+    c.apply_ok(&deployment(ns, "web", json!({INJECT: "true"})));
+    // Admitted (the webhook sees pods only); its ReplicaSet's pod creates are denied.
+    c.apply_ok(&deployment(ns, "typo", json!({INJECT: "yes"})));
+
+    let f = check_one(
+        c,
+        &["pod/injected", "-n", ns],
+        "injected",
+        "already-injected",
+    );
+    assert_eq!(
+        (f["profiles"].clone(), f["containers"].clone()),
+        (json!(["default"]), json!(["sidecar"]))
+    );
+    let f = check_one(
+        c,
+        &["pod/plain", "-n", ns],
+        "not-injected",
+        "match-conditions",
+    );
+    assert!(
+        f["message"].as_str().unwrap().contains("has-opt-in-key"),
+        "{f:#}"
+    );
+    check_one(
+        c,
+        &["pod/opted-out", "-n", "check-on"],
+        "not-injected",
+        "opted-out",
+    );
+    check_one(
+        c,
+        &["pod/excluded", "-n", "check-off"],
+        "not-injected",
+        "namespace-selector",
+    );
+    let f = check_one(c, &["deployment/web", "-n", ns], "would-inject", "opted-in");
+    assert_eq!(
+        f["webhook"],
+        json!("sidecar-injector/pod.sidecar-injector.io")
+    );
+    assert_eq!(f["containers"], json!(["sidecar"]));
+    let f = check_one(c, &["deploy/typo", "-n", ns], "denied", "bad-annotation");
+    assert!(f["message"].as_str().unwrap().contains("\"yes\""), "{f:#}");
+
+    // A manifest: a pod for kube-system, and one for a namespace the manifest creates.
+    let manifest = c.dir.join("check-manifest.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: sys\n  namespace: kube-system\n  annotations:\n    {INJECT}: \"true\"\nspec:\n  containers: [{{name: app, image: nginx}}]\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata:\n  name: check-new\n  labels:\n    {NS_LABEL}: enabled\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata:\n  name: fresh\n  namespace: check-new\nspec:\n  containers: [{{name: app, image: nginx}}]\n"
+        ),
+    )
+    .unwrap();
+    let (code, items) = check_json(c, &["-f", manifest.to_str().unwrap()]);
+    let got: Vec<_> = items
+        .iter()
+        .map(|f| {
+            (
+                f["object"].as_str().unwrap(),
+                f["result"].as_str().unwrap(),
+                f["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("pod/sys", "not-injected", "system-namespace"),
+            ("pod/fresh", "would-inject", "namespace-enabled")
+        ]
+    );
+    assert_eq!(code, 1);
+
+    // The whole namespace: every pod, and workloads not run by another (no ReplicaSets).
+    wait_for("deployment web's pod", Duration::from_secs(30), || {
+        c.ok(&["-n", ns, "get", "pods", "-l", "app=web", "-o", "name"])
+            .contains("pod/web-")
+    });
+    let (code, items) = check_json(c, &["-n", ns]);
+    assert_eq!(code, 1, "pod/plain is not injected");
+    let mut got: Vec<(String, &str)> = items
+        .iter()
+        .map(|f| {
+            let object = f["object"].as_str().unwrap();
+            let object = if object.starts_with("pod/web-") {
+                "pod/web-*"
+            } else {
+                object
+            };
+            (object.to_string(), f["result"].as_str().unwrap())
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("deployment/typo".to_string(), "denied"),
+            ("deployment/web".to_string(), "would-inject"),
+            ("pod/injected".to_string(), "injected"),
+            ("pod/plain".to_string(), "not-injected"),
+            ("pod/web-*".to_string(), "injected"),
+        ]
+    );
+    // The table says the same, one line per object after the header.
+    let (code, table, _) = run_check(c, &c.kubeconfig, &["namespace/check"]);
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("NAMESPACE") && lines[0].contains("REASON"),
+        "{table}"
+    );
+    assert_eq!(lines.len(), 1 + items.len(), "{table}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("pod/plain") && l.contains("match-conditions")),
+        "{table}"
+    );
+    // Only what is injected: exit 0.
+    let (code, items) = check_json(c, &["pod/injected", "deployment/web", "-n", ns]);
+    assert_eq!((code, items.len()), (0, 2));
+}
+
+#[test]
+fn check_finds_pods_created_before_install_and_pods_not_opted_in() {
+    let ns = "check-variant";
+    // Excluded from deploy/'s configuration; selected by the variant below.
+    let (_s, c) = scenario(ns, json!({NS_LABEL: "disabled", "check-variant": "yes"}));
+    c.apply_ok(&pod(ns, "early", json!({INJECT: "true"}), json!({})));
+    // creationTimestamp has whole seconds.
+    std::thread::sleep(Duration::from_millis(1100));
+    // A user's variant without matchConditions: pods without the key reach the server.
+    let ca = c.ok(&[
+        "get",
+        "mutatingwebhookconfiguration",
+        "sidecar-injector",
+        "-o",
+        "jsonpath={.webhooks[0].clientConfig.caBundle}",
+    ]);
+    c.apply_ok(&json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": "check-variant"},
+        "webhooks": [{"name": "variant.sidecar-injector.io", "admissionReviewVersions": ["v1"],
+            "sideEffects": "None", "failurePolicy": "Ignore",
+            "clientConfig": {"caBundle": ca, "service": {"name": "sidecar-injector",
+                "namespace": "sidecar-injector", "path": "/mutate", "port": 443}},
+            "namespaceSelector": {"matchLabels": {"check-variant": "yes"}},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}]}]}));
+    let variant = ["-n", ns, "--webhook-config", "check-variant"];
+
+    let mut args = vec!["pod/early"];
+    args.extend(variant);
+    let f = check_one(c, &args, "must-recreate", "created-before-install");
+    assert_eq!(
+        f["webhook"],
+        json!("check-variant/variant.sidecar-injector.io")
+    );
+    assert!(
+        f["message"].as_str().unwrap().contains("rollout restart"),
+        "{f:#}"
+    );
+
+    let manifest = c.dir.join("check-plain.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: plain\nspec:\n  containers: [{name: app, image: nginx}]\n",
+    )
+    .unwrap();
+    let mut args = vec!["-f", manifest.to_str().unwrap()];
+    args.extend(variant);
+    let f = check_one(c, &args, "not-injected", "not-opted-in");
+    assert_eq!(
+        f["webhook"],
+        json!("check-variant/variant.sidecar-injector.io")
+    );
+
+    c.ok(&["delete", "mutatingwebhookconfiguration", "check-variant"]);
+}
+
+/// A kubeconfig for the admin's cluster that authenticates as `ns/sa` with a token.
+fn service_account_kubeconfig(c: &Cluster, ns: &str, sa: &str) -> PathBuf {
+    let token = c.ok(&["-n", ns, "create", "token", sa]);
+    let mut config: Value =
+        serde_json::from_str(&c.ok(&["config", "view", "--raw", "--minify", "-o", "json"]))
+            .unwrap();
+    config["users"][0]["user"] = json!({"token": token});
+    let path = c.dir.join(format!("kubeconfig-{ns}-{sa}"));
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+#[test]
+fn check_errors_name_what_is_missing() {
+    let ns = "check-rbac";
+    let (_s, c) = scenario(ns, json!({}));
+    c.apply_ok(&pod(ns, "injected", json!({INJECT: "true"}), json!({})));
+
+    let nowhere = c.dir.join("no-such-kubeconfig");
+    let (code, _, err) = Command::new(&c.release)
+        .args(["check", "-n", ns])
+        .env("KUBECONFIG", &nowhere)
+        .env("HOME", &c.dir)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .map(|o| {
+            (
+                o.status.code(),
+                (),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+        .unwrap();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no cluster to ask"), "{err}");
+
+    let (code, _, err) = run_check(c, &c.kubeconfig, &["-n", ns, "--webhook-config", "nope"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("no MutatingWebhookConfiguration \"nope\""),
+        "{err}"
+    );
+
+    // A ServiceAccount with no permission at all, then with deploy/rbac's reader role.
+    c.apply_ok(&json!({"apiVersion": "v1", "kind": "ServiceAccount",
+        "metadata": {"name": "checker", "namespace": ns}}));
+    for what in [
+        "clusterrolebinding/check-partial",
+        "clusterrole/check-partial",
+        "clusterrolebinding/check-reader-test",
+    ] {
+        c.ok(&["delete", "--ignore-not-found", what]);
+    }
+    let kubeconfig = service_account_kubeconfig(c, ns, "checker");
+    let (code, _, err) = run_check(c, &kubeconfig, &["-n", ns]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("may not get mutatingwebhookconfigurations.admissionregistration.k8s.io"),
+        "{err}"
+    );
+    // Only the configuration: the next read it needs is named.
+    c.ok(&[
+        "create",
+        "clusterrole",
+        "check-partial",
+        "--verb=get",
+        "--resource=mutatingwebhookconfigurations.admissionregistration.k8s.io",
+    ]);
+    c.ok(&[
+        "create",
+        "clusterrolebinding",
+        "check-partial",
+        "--clusterrole=check-partial",
+        &format!("--serviceaccount={ns}:checker"),
+    ]);
+    let mut last = String::new();
+    wait_for("the partial role to apply", Duration::from_secs(20), || {
+        let (code, _, err) = run_check(c, &kubeconfig, &["pod/injected", "-n", ns]);
+        last = err;
+        code == 2 && last.contains("may not get pods in namespace check-rbac")
+    });
+    c.ok(&["delete", "clusterrolebinding", "check-partial"]);
+    c.ok(&["delete", "clusterrole", "check-partial"]);
+
+    c.ok(&[
+        "apply",
+        "-f",
+        root()
+            .join("deploy/rbac/check-reader.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    c.ok(&[
+        "create",
+        "clusterrolebinding",
+        "check-reader-test",
+        "--clusterrole=sidecar-injector-check",
+        &format!("--serviceaccount={ns}:checker"),
+    ]);
+    let mut got = (0, String::new(), String::new());
+    wait_for("the reader role to apply", Duration::from_secs(20), || {
+        got = run_check(c, &kubeconfig, &["-n", ns]);
+        got.0 != 2
+    });
+    let (code, table, err) = got;
+    assert_eq!(code, 0, "{table}{err}");
+    assert!(
+        table.contains("pod/injected") && table.contains("already-injected"),
+        "{table}"
+    );
+    // The reader role covers the deployed ConfigMap: no fallback to the embedded config.
+    assert!(!err.contains("embedded default"), "{err}");
+    c.ok(&["delete", "clusterrolebinding", "check-reader-test"]);
+}

@@ -1,0 +1,1111 @@
+//! `check`: is each pod or workload injected (or would it be), and why, asked of the live
+//! cluster, read-only. `evaluate` is pure: the webhook configuration, the namespace's labels,
+//! the object and the injection config in, a `Finding` out. It selects webhooks as the
+//! apiserver does (`selection`) and asks the engine through the same `review` as the server.
+//! `run` is the shell: it reads those with the kube client.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use crate::admission::Outcome;
+use crate::config::Config;
+use crate::inject::{Policy, INJECT_KEY, STATUS_KEY};
+use crate::selection::{select, Selection, Skip};
+
+/// The ConfigMap that `deploy/` mounts as the server's config, in the webhook's namespace.
+pub const CONFIG_MAP: &str = "sidecar-injector-config";
+const CONFIG_MAP_KEY: &str = "config.yaml";
+/// The namespace label that deploy/'s configuration selects on (SPEC "Opting in and out").
+const NAMESPACE_LABEL: &str = "sidecar-injector.io/injection";
+/// Namespaces the deployed configuration never sends, whatever their labels.
+const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// It carries the status marker.
+    Injected,
+    /// A pod created from it now would get the sidecars.
+    WouldInject,
+    /// A live pod without the sidecars that a CREATE now would inject: recreate it.
+    MustRecreate,
+    /// A CREATE now would leave it unchanged.
+    NotInjected,
+    /// A CREATE now would be denied.
+    Denied,
+}
+
+impl Verdict {
+    pub fn ok(self) -> bool {
+        matches!(self, Verdict::Injected | Verdict::WouldInject)
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Injected => "injected",
+            Verdict::WouldInject => "would-inject",
+            Verdict::MustRecreate => "must-recreate",
+            Verdict::NotInjected => "not-injected",
+            Verdict::Denied => "denied",
+        }
+    }
+}
+
+/// One object's answer: the table row and the `-o json` item.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub namespace: String,
+    pub object: String,
+    pub result: Verdict,
+    pub reason: String,
+    /// `configuration/webhook` that decided, if one was called.
+    pub webhook: Option<String>,
+    pub profiles: Vec<String>,
+    pub containers: Vec<String>,
+    pub message: String,
+}
+
+/// A namespace as the apiserver's namespaceSelector sees it.
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Namespace {
+    /// A namespace known only by name: the label the apiserver always sets.
+    pub fn named(name: &str) -> Namespace {
+        let labels = BTreeMap::from([("kubernetes.io/metadata.name".into(), name.into())]);
+        Namespace {
+            name: name.into(),
+            labels,
+        }
+    }
+}
+
+/// One object to check: its kind as Kubernetes spells it, its manifest, and whether it is a
+/// live object (a pod that exists is asked whether it *was* injected).
+pub struct Object<'a> {
+    pub kind: &'a str,
+    pub doc: &'a Value,
+    pub live: bool,
+}
+
+impl Object<'_> {
+    fn name(&self) -> &str {
+        let meta = self.doc.get("metadata");
+        meta.and_then(|m| m.get("name"))
+            .or_else(|| meta.and_then(|m| m.get("generateName")))
+            .and_then(Value::as_str)
+            .unwrap_or("<unnamed>")
+    }
+
+    fn label(&self) -> String {
+        format!("{}/{}", self.kind.to_lowercase(), self.name())
+    }
+}
+
+/// The pod a CREATE would carry: a Pod as it is, a workload's pod template as its controller
+/// would send it (namespace set, named after the workload).
+fn pod_of(object: &Object, namespace: &str) -> Result<Value, String> {
+    let pointer = crate::manifest::template_pointer(object.kind)
+        .ok_or_else(|| format!("{} is not a kind that has pods", object.kind))?;
+    let mut pod = object
+        .doc
+        .pointer(pointer)
+        .cloned()
+        .ok_or_else(|| format!("it has no pod template at {pointer}"))?;
+    let fields = pod
+        .as_object_mut()
+        .ok_or("the pod template is not an object")?;
+    fields.insert("apiVersion".into(), "v1".into());
+    fields.insert("kind".into(), "Pod".into());
+    let meta = fields
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+        .ok_or("the pod's metadata is not an object")?;
+    meta.insert("namespace".into(), namespace.into());
+    if !meta.contains_key("name") && !meta.contains_key("generateName") {
+        meta.insert("generateName".into(), format!("{}-", object.name()).into());
+    }
+    Ok(pod)
+}
+
+/// The policy a webhook's path asks for, as the server's router reads it.
+fn hook_policy(hook: &MutatingWebhook) -> Result<Policy, String> {
+    let config = &hook.client_config;
+    let target = match (&config.service, &config.url) {
+        (Some(service), _) => service.path.clone().unwrap_or_default(),
+        (None, Some(url)) => url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string()))
+            .unwrap_or_default(),
+        (None, None) => String::new(),
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target.as_str(), None),
+    };
+    let segment = match path.strip_prefix("/mutate") {
+        Some("") => None,
+        Some(rest) => match rest.strip_prefix('/') {
+            Some(segment) => {
+                Some(crate::server::path_policy_segment(segment).map_err(|e| e.to_string())?)
+            }
+            None => return Err(format!("its path {path:?} is not one of the server's")),
+        },
+        None => return Err(format!("its path {path:?} is not one of the server's")),
+    };
+    crate::server::policy_from_query(query, segment).map_err(|e| e.to_string())
+}
+
+/// The names in a pod's container lists.
+fn container_names(pod: &Value) -> Vec<String> {
+    ["/spec/containers", "/spec/initContainers"]
+        .iter()
+        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
+        .flatten()
+        .filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from))
+        .collect()
+}
+
+/// What `review` says about a CREATE of `pod`, and the containers its patch adds.
+struct Reviewed {
+    outcome: Outcome,
+    reason: String,
+    profiles: Vec<String>,
+    added: Vec<String>,
+    message: String,
+}
+
+fn review(pod: &Value, namespace: &str, policy: Policy, config: &Config) -> Reviewed {
+    let body = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "sidecar-injector-check",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE",
+            "namespace": namespace,
+            "object": pod,
+        }
+    });
+    let answer = match crate::admission::review(body.to_string().as_bytes(), policy, config) {
+        Ok(a) => a,
+        Err(e) => {
+            return Reviewed {
+                outcome: Outcome::Error,
+                reason: e.reason().as_str().into(),
+                profiles: Vec::new(),
+                added: Vec::new(),
+                message: e.to_string(),
+            }
+        }
+    };
+    let response: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+    let response = &response["response"];
+    let mut message = response
+        .pointer("/status/message")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    for warning in response["warnings"].as_array().into_iter().flatten() {
+        if !message.is_empty() {
+            message.push_str("; ");
+        }
+        message.push_str(&format!(
+            "warning: {}",
+            warning.as_str().unwrap_or_default()
+        ));
+    }
+    let added = response["patch"]
+        .as_str()
+        .and_then(|b64| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.decode(b64).ok()
+        })
+        .and_then(|bytes| serde_json::from_slice::<json_patch::Patch>(&bytes).ok())
+        .and_then(|patch| {
+            let mut patched = pod.clone();
+            json_patch::patch(&mut patched, &patch).ok()?;
+            let before = container_names(pod);
+            let after = container_names(&patched);
+            Some(after.into_iter().filter(|n| !before.contains(n)).collect())
+        })
+        .unwrap_or_default();
+    Reviewed {
+        outcome: answer.outcome,
+        reason: answer.reason.as_str().into(),
+        profiles: answer.profiles,
+        added,
+        message,
+    }
+}
+
+fn explain(
+    skip: &Skip,
+    hook: &str,
+    namespace: &Namespace,
+    service_ns: Option<&str>,
+    pod: &Value,
+) -> (&'static str, String) {
+    match skip {
+        Skip::NamespaceSelector(selector) => {
+            let system = SYSTEM_NAMESPACES.contains(&namespace.name.as_str())
+                || service_ns == Some(namespace.name.as_str());
+            let labels = serde_json::to_string(&namespace.labels).unwrap_or_default();
+            if system {
+                ("system-namespace", format!("{hook}: namespace {} is never sent (namespaceSelector {selector}); run the pod in another namespace", namespace.name))
+            } else {
+                ("namespace-selector", format!("{hook}: namespace {} (labels {labels}) does not match namespaceSelector {selector}", namespace.name))
+            }
+        }
+        Skip::ObjectSelector(selector) => (
+            "object-selector",
+            format!("{hook}: the pod's labels do not match objectSelector {selector}"),
+        ),
+        Skip::Rules => (
+            "no-matching-rule",
+            format!("{hook}: its rules do not cover CREATE of core/v1 pods"),
+        ),
+        Skip::MatchCondition(name) => {
+            let has_key = ["annotations", "labels"]
+                .iter()
+                .any(|m| pod["metadata"][m].get(INJECT_KEY).is_some());
+            let hint = if has_key {
+                String::new()
+            } else {
+                format!(" (the pod has no {INJECT_KEY} annotation or label: add one, or label the namespace {NAMESPACE_LABEL}=enabled)")
+            };
+            (
+                "match-conditions",
+                format!("{hook}: matchCondition {name} is false{hint}"),
+            )
+        }
+        Skip::ConditionError(e) => (
+            "match-condition-error",
+            format!("{hook}: {e}; failurePolicy Ignore skips the webhook"),
+        ),
+    }
+}
+
+/// What the status marker of an injected pod names.
+fn marker(pod: &Value) -> Option<(Vec<String>, Vec<String>)> {
+    let text = pod["metadata"]["annotations"].get(STATUS_KEY)?.as_str()?;
+    let status: Value = serde_json::from_str(text).unwrap_or_default();
+    let list = |key: &str| -> Vec<String> {
+        status[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
+    };
+    let mut containers = list("containers");
+    containers.extend(list("initContainers"));
+    Some((list("profiles"), containers))
+}
+
+fn timestamp(value: Option<&Value>) -> Option<time::OffsetDateTime> {
+    let text = value?.as_str()?;
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Whether `object` in `namespace` is, or would be, injected through `configuration`.
+pub fn evaluate(
+    configuration: &MutatingWebhookConfiguration,
+    namespace: &Namespace,
+    object: &Object,
+    config: &Config,
+) -> Finding {
+    let mut finding = Finding {
+        namespace: namespace.name.clone(),
+        object: object.label(),
+        result: Verdict::NotInjected,
+        reason: String::new(),
+        webhook: None,
+        profiles: Vec::new(),
+        containers: Vec::new(),
+        message: String::new(),
+    };
+    let pod = match pod_of(object, &namespace.name) {
+        Ok(pod) => pod,
+        Err(e) => {
+            finding.result = Verdict::Denied;
+            finding.reason = "bad-object".into();
+            finding.message = e;
+            return finding;
+        }
+    };
+    if let Some((profiles, containers)) = marker(&pod) {
+        finding.result = Verdict::Injected;
+        finding.reason = "already-injected".into();
+        finding.profiles = profiles;
+        finding.containers = containers;
+        return finding;
+    }
+    let config_name = configuration.metadata.name.as_deref().unwrap_or_default();
+    let hooks = configuration.webhooks.as_deref().unwrap_or_default();
+    let service_ns = hooks.iter().find_map(|h| {
+        h.client_config
+            .service
+            .as_ref()
+            .map(|s| s.namespace.as_str())
+    });
+    let mut skips: Vec<(u8, &'static str, String)> = Vec::new();
+    let mut unchanged: Option<(String, Reviewed)> = None;
+    for hook in hooks {
+        let id = format!("{config_name}/{}", hook.name);
+        match select(hook, &namespace.labels, &pod) {
+            Selection::Skip(skip) => {
+                let (reason, message) = explain(&skip, &id, namespace, service_ns, &pod);
+                skips.push((skip.stage(), reason, message));
+            }
+            Selection::Reject(e) => {
+                finding.result = Verdict::Denied;
+                finding.reason = "match-condition-error".into();
+                finding.message = format!("{e}; failurePolicy Fail rejects the create");
+                finding.webhook = Some(id);
+                return finding;
+            }
+            Selection::Call => {
+                let policy = match hook_policy(hook) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        finding.result = Verdict::Denied;
+                        finding.reason = "bad-request".into();
+                        finding.message = e;
+                        finding.webhook = Some(id);
+                        return finding;
+                    }
+                };
+                let reviewed = review(&pod, &namespace.name, policy, config);
+                match reviewed.outcome {
+                    Outcome::Injected => {
+                        return injectable(finding, object, &pod, configuration, id, reviewed)
+                    }
+                    Outcome::Denied | Outcome::Error => {
+                        finding.result = Verdict::Denied;
+                        finding.reason = reviewed.reason;
+                        finding.message = reviewed.message;
+                        finding.webhook = Some(id);
+                        return finding;
+                    }
+                    // The apiserver goes on to the next webhook.
+                    Outcome::Skipped => {
+                        unchanged.get_or_insert((id, reviewed));
+                    }
+                }
+            }
+        }
+    }
+    if let Some((id, reviewed)) = unchanged {
+        finding.reason = reviewed.reason;
+        finding.message = format!("{id} leaves it unchanged");
+        finding.webhook = Some(id);
+    } else if skips.is_empty() {
+        finding.reason = "no-webhooks".into();
+        finding.message = format!("{config_name} has no webhooks");
+    } else {
+        // The webhook the apiserver got furthest with explains best; the others follow.
+        skips.sort_by_key(|(stage, ..)| std::cmp::Reverse(*stage));
+        finding.reason = skips[0].1.into();
+        finding.message = skips
+            .iter()
+            .map(|(.., m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+    }
+    finding
+}
+
+/// A CREATE would inject: a template or manifest would be, a live pod must be recreated.
+fn injectable(
+    mut finding: Finding,
+    object: &Object,
+    pod: &Value,
+    configuration: &MutatingWebhookConfiguration,
+    id: String,
+    reviewed: Reviewed,
+) -> Finding {
+    finding.webhook = Some(id);
+    finding.profiles = reviewed.profiles;
+    finding.containers = reviewed.added;
+    if !object.live || object.kind != "Pod" {
+        finding.result = Verdict::WouldInject;
+        finding.reason = reviewed.reason;
+        finding.message = reviewed.message;
+        return finding;
+    }
+    finding.result = Verdict::MustRecreate;
+    let created = timestamp(pod.pointer("/metadata/creationTimestamp"));
+    let installed = configuration
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .and_then(|t| serde_json::to_value(t).ok());
+    let installed = timestamp(installed.as_ref());
+    let recreate =
+        "delete it (its controller makes a new one) or `kubectl rollout restart` its workload";
+    (finding.reason, finding.message) = match (created, installed) {
+        (Some(c), Some(i)) if c < i => (
+            "created-before-install".into(),
+            format!("created at {c} before the webhook configuration ({i}): {recreate}"),
+        ),
+        _ => (
+            "not-injected-at-create".into(),
+            format!(
+                "a CREATE now would be injected ({}), but it was not when created: the webhook \
+                 was unreachable under failurePolicy Ignore, or the pod or the configuration \
+                 changed since; {recreate}",
+                reviewed.reason
+            ),
+        ),
+    };
+    finding
+}
+
+/// Findings as the human table: one line each, the message last and unpadded.
+pub fn table(findings: &[Finding]) -> String {
+    let rows: Vec<[String; 6]> = std::iter::once(
+        [
+            "NAMESPACE",
+            "OBJECT",
+            "RESULT",
+            "REASON",
+            "WEBHOOK",
+            "DETAIL",
+        ]
+        .map(String::from),
+    )
+    .chain(findings.iter().map(|f| {
+        let mut detail = Vec::new();
+        if !f.profiles.is_empty() {
+            detail.push(format!("profiles {}", f.profiles.join(",")));
+        }
+        if !f.containers.is_empty() {
+            detail.push(format!("containers {}", f.containers.join(",")));
+        }
+        if !f.message.is_empty() {
+            detail.push(f.message.clone());
+        }
+        [
+            f.namespace.clone(),
+            f.object.clone(),
+            f.result.as_str().into(),
+            f.reason.clone(),
+            f.webhook.clone().unwrap_or_else(|| "-".into()),
+            detail.join("; "),
+        ]
+    }))
+    .collect();
+    let mut widths = [0; 5];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        for (w, cell) in widths.iter().zip(row) {
+            out.push_str(&format!("{cell:<w$}  "));
+        }
+        out.push_str(&row[5]);
+        out.push('\n');
+    }
+    out
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// What to check: pod/NAME, deployment/NAME (statefulset, daemonset, replicaset, job,
+    /// cronjob), namespace/NAME. None (and no -f): every pod and workload of the namespace.
+    #[arg(value_name = "KIND/NAME")]
+    pub targets: Vec<String>,
+    /// Check the pods and workloads of a manifest (YAML or JSON, multi-document) instead.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// The namespace (default: the kubeconfig context's).
+    #[arg(short = 'n', long)]
+    pub namespace: Option<String>,
+    /// The kubeconfig context to use (default: the current one).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// A kubeconfig file (default: KUBECONFIG, ~/.kube/config, or the pod's service account).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The MutatingWebhookConfiguration that calls the injector.
+    #[arg(long, value_name = "NAME", default_value = "sidecar-injector")]
+    pub webhook_config: String,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Format,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+/// Why `check` could not answer (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(
+        "no cluster to ask: {0}; set KUBECONFIG, pass --kubeconfig or --context, or run in a pod"
+    )]
+    NoCluster(String),
+    #[error("no MutatingWebhookConfiguration {0:?} is installed: the injector is not installed (kubectl apply -k deploy), or pass --webhook-config NAME")]
+    NotInstalled(String),
+    #[error("forbidden: this user may not {verb} {resource}{scope}; check reads only what deploy/rbac/check-reader.yaml grants")]
+    Forbidden {
+        verb: &'static str,
+        resource: String,
+        scope: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("the cluster answered an error: {0}")]
+    Api(String),
+    #[error("{0}")]
+    Input(String),
+}
+
+/// The kinds `check` takes on the command line, and their API.
+fn resource(word: &str) -> Option<(&'static str, kube::api::ApiResource)> {
+    use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
+    use kube::api::ApiResource;
+    Some(match word.to_ascii_lowercase().as_str() {
+        "pod" | "pods" | "po" => ("Pod", ApiResource::erase::<core::Pod>(&())),
+        "deployment" | "deployments" | "deploy" => {
+            ("Deployment", ApiResource::erase::<apps::Deployment>(&()))
+        }
+        "statefulset" | "statefulsets" | "sts" => {
+            ("StatefulSet", ApiResource::erase::<apps::StatefulSet>(&()))
+        }
+        "daemonset" | "daemonsets" | "ds" => {
+            ("DaemonSet", ApiResource::erase::<apps::DaemonSet>(&()))
+        }
+        "replicaset" | "replicasets" | "rs" => {
+            ("ReplicaSet", ApiResource::erase::<apps::ReplicaSet>(&()))
+        }
+        "job" | "jobs" => ("Job", ApiResource::erase::<batch::Job>(&())),
+        "cronjob" | "cronjobs" | "cj" => ("CronJob", ApiResource::erase::<batch::CronJob>(&())),
+        _ => return None,
+    })
+}
+
+/// The kinds listed when a whole namespace is checked, in output order.
+const NAMESPACE_KINDS: [&str; 7] = [
+    "pod",
+    "deployment",
+    "statefulset",
+    "daemonset",
+    "replicaset",
+    "job",
+    "cronjob",
+];
+
+/// A kube error as the line a user needs: which permission is missing, what is not there.
+fn api_error(e: kube::Error, verb: &'static str, resource: &str, scope: &str) -> CheckError {
+    match e {
+        kube::Error::Api(status) if status.code == 403 => CheckError::Forbidden {
+            verb,
+            resource: resource.to_string(),
+            scope: scope.to_string(),
+        },
+        other => CheckError::Api(api_message(other)),
+    }
+}
+
+/// The apiserver's own message, without kube's debug dump of the Status.
+fn api_message(e: kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => status.message,
+        other => other.to_string(),
+    }
+}
+
+fn in_namespace(ns: &str) -> String {
+    format!(" in namespace {ns}")
+}
+
+async fn client(args: &CheckArgs) -> Result<kube::Client, CheckError> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let options = KubeConfigOptions {
+        context: args.context.clone(),
+        ..Default::default()
+    };
+    let config = match (&args.kubeconfig, &args.context) {
+        (Some(path), _) => {
+            let file =
+                Kubeconfig::read_from(path).map_err(|e| CheckError::NoCluster(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| CheckError::NoCluster(e.to_string()))?
+        }
+        (None, Some(_)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| CheckError::NoCluster(e.to_string()))?,
+        (None, None) => kube::Config::infer()
+            .await
+            .map_err(|e| CheckError::NoCluster(e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(|e| CheckError::NoCluster(e.to_string()))
+}
+
+/// The injection config the server uses: `--config` if given, else the deployed ConfigMap,
+/// else (with a warning) the embedded default.
+async fn injection_config(
+    client: &kube::Client,
+    path: Option<&Path>,
+    configuration: &MutatingWebhookConfiguration,
+) -> Result<Config, CheckError> {
+    if path.is_some() {
+        return Config::load(path).map_err(|e| CheckError::Input(e.to_string()));
+    }
+    let service_ns = configuration.webhooks.iter().flatten().find_map(|h| {
+        h.client_config
+            .service
+            .as_ref()
+            .map(|s| s.namespace.clone())
+    });
+    let from_cluster = match &service_ns {
+        Some(ns) => {
+            let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+                kube::Api::namespaced(client.clone(), ns);
+            match api.get_opt(CONFIG_MAP).await {
+                Ok(Some(cm)) => cm
+                    .data
+                    .and_then(|d| d.get(CONFIG_MAP_KEY).cloned())
+                    .map(|text| (format!("configmap {ns}/{CONFIG_MAP}"), text))
+                    .ok_or_else(|| format!("configmap {ns}/{CONFIG_MAP} has no {CONFIG_MAP_KEY}")),
+                Ok(None) => Err(format!("configmap {ns}/{CONFIG_MAP} does not exist")),
+                Err(e) => Err(format!(
+                    "cannot read configmap {ns}/{CONFIG_MAP}: {}",
+                    api_message(e)
+                )),
+            }
+        }
+        None => Err("the webhooks name no service".into()),
+    };
+    match from_cluster {
+        Ok((origin, text)) => {
+            Config::from_yaml(&text, &origin).map_err(|e| CheckError::Input(e.to_string()))
+        }
+        Err(why) => {
+            eprintln!("sidecar-injector: warning: {why}; using the embedded default config (pass --config to name one)");
+            Config::embedded().map_err(|e| CheckError::Input(e.to_string()))
+        }
+    }
+}
+
+/// What to check, gathered: the objects and the namespaces they live in.
+struct Gathered {
+    /// (namespace, kind, document, live)
+    objects: Vec<(String, &'static str, Value, bool)>,
+    /// Namespaces declared in a manifest, by name.
+    declared: BTreeMap<String, Namespace>,
+}
+
+async fn live_objects(
+    client: &kube::Client,
+    namespace: &str,
+    kind: &str,
+    name: Option<&str>,
+) -> Result<Vec<(String, &'static str, Value, bool)>, CheckError> {
+    let (kind, ar) = resource(kind).ok_or_else(|| {
+        CheckError::Usage(format!(
+            "cannot check {kind:?}: it takes pod, deployment, statefulset, daemonset, replicaset, job, cronjob or namespace"
+        ))
+    })?;
+    let resource_name = match ar.group.as_str() {
+        "" => ar.plural.clone(),
+        group => format!("{}.{group}", ar.plural),
+    };
+    let api: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(client.clone(), namespace, &ar);
+    let items = match name {
+        Some(name) => match api.get_opt(name).await {
+            Ok(Some(o)) => vec![o],
+            Ok(None) => {
+                return Err(CheckError::NotFound(format!(
+                    "{}/{name} not found in namespace {namespace}",
+                    kind.to_lowercase()
+                )))
+            }
+            Err(e) => {
+                return Err(api_error(
+                    e,
+                    "get",
+                    &resource_name,
+                    &in_namespace(namespace),
+                ))
+            }
+        },
+        None => api
+            .list(&Default::default())
+            .await
+            .map_err(|e| api_error(e, "list", &resource_name, &in_namespace(namespace)))?
+            .items
+            .into_iter()
+            // A workload run by another (a Deployment's ReplicaSets, a CronJob's Jobs) is
+            // covered by its owner's line; every pod gets its own.
+            .filter(|o| {
+                kind == "Pod"
+                    || !o
+                        .metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|r| r.controller == Some(true))
+            })
+            .collect(),
+    };
+    Ok(items
+        .into_iter()
+        .filter_map(|o| serde_json::to_value(o).ok())
+        .map(|doc| (namespace.to_string(), kind, doc, true))
+        .collect())
+}
+
+fn from_manifest(text: &str, default_ns: &str) -> Result<Gathered, CheckError> {
+    let docs = crate::yaml::read_documents(text).map_err(|e| CheckError::Input(e.to_string()))?;
+    let mut gathered = Gathered {
+        objects: Vec::new(),
+        declared: BTreeMap::new(),
+    };
+    let mut stack: Vec<Value> = docs.into_iter().rev().collect();
+    while let Some(doc) = stack.pop() {
+        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+        if kind == "List" {
+            let items = doc
+                .get("items")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            stack.extend(items.into_iter().rev());
+            continue;
+        }
+        if kind == "Namespace" {
+            if let Some(name) = doc.pointer("/metadata/name").and_then(Value::as_str) {
+                let mut ns = Namespace::named(name);
+                if let Some(labels) = doc.pointer("/metadata/labels").and_then(Value::as_object) {
+                    for (k, v) in labels {
+                        ns.labels
+                            .insert(k.clone(), v.as_str().unwrap_or_default().into());
+                    }
+                }
+                gathered.declared.insert(name.into(), ns);
+            }
+            continue;
+        }
+        let Some((kind, _)) = resource(kind).filter(|(k, _)| *k == kind) else {
+            continue;
+        };
+        let ns = doc
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(default_ns)
+            .to_string();
+        gathered.objects.push((ns, kind, doc, false));
+    }
+    Ok(gathered)
+}
+
+async fn gather(
+    client: &kube::Client,
+    args: &CheckArgs,
+    default_ns: &str,
+) -> Result<Gathered, CheckError> {
+    if let Some(file) = &args.file {
+        let text = match file.as_os_str().to_str() {
+            Some("-") => std::io::read_to_string(std::io::stdin()),
+            _ => std::fs::read_to_string(file),
+        }
+        .map_err(|e| CheckError::Input(format!("cannot read {}: {e}", file.display())))?;
+        return from_manifest(&text, default_ns);
+    }
+    let mut objects = Vec::new();
+    let whole = |ns: String| NAMESPACE_KINDS.map(|k| (ns.clone(), k.to_string(), None));
+    let mut wanted: Vec<(String, String, Option<String>)> = Vec::new();
+    if args.targets.is_empty() {
+        wanted.extend(whole(default_ns.into()));
+    }
+    for target in &args.targets {
+        let (kind, name) = target
+            .split_once('/')
+            .filter(|(k, n)| !k.is_empty() && !n.is_empty())
+            .ok_or_else(|| {
+                CheckError::Usage(format!(
+                    "{target:?} is not KIND/NAME (e.g. pod/web, deployment/api, namespace/demo)"
+                ))
+            })?;
+        if matches!(
+            kind.to_ascii_lowercase().as_str(),
+            "namespace" | "namespaces" | "ns"
+        ) {
+            wanted.extend(whole(name.into()));
+        } else {
+            wanted.push((default_ns.into(), kind.into(), Some(name.into())));
+        }
+    }
+    for (ns, kind, name) in wanted {
+        objects.extend(live_objects(client, &ns, &kind, name.as_deref()).await?);
+    }
+    Ok(Gathered {
+        objects,
+        declared: BTreeMap::new(),
+    })
+}
+
+async fn namespace(client: &kube::Client, name: &str) -> Result<Option<Namespace>, CheckError> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let found = api
+        .get_opt(name)
+        .await
+        .map_err(|e| api_error(e, "get", "namespaces", " (cluster-wide)"))?;
+    Ok(found.map(|ns| Namespace {
+        name: name.into(),
+        labels: ns.metadata.labels.unwrap_or_default(),
+    }))
+}
+
+/// Checks what `args` names against the cluster; the findings, in order.
+pub async fn run(args: &CheckArgs, config_path: Option<&Path>) -> Result<Vec<Finding>, CheckError> {
+    let client = client(args).await?;
+    let configurations: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
+    let configuration = configurations
+        .get_opt(&args.webhook_config)
+        .await
+        .map_err(|e| {
+            api_error(
+                e,
+                "get",
+                "mutatingwebhookconfigurations.admissionregistration.k8s.io",
+                " (cluster-wide)",
+            )
+        })?
+        .ok_or_else(|| CheckError::NotInstalled(args.webhook_config.clone()))?;
+    let config = injection_config(&client, config_path, &configuration).await?;
+    let default_ns = args
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let gathered = gather(&client, args, &default_ns).await?;
+    let mut namespaces = gathered.declared;
+    let mut findings = Vec::new();
+    for (ns, kind, doc, live) in &gathered.objects {
+        if !namespaces.contains_key(ns) {
+            let found = namespace(&client, ns).await?;
+            if found.is_none() {
+                eprintln!("sidecar-injector: warning: namespace {ns} does not exist; checked as if created without labels");
+            }
+            namespaces.insert(ns.clone(), found.unwrap_or_else(|| Namespace::named(ns)));
+        }
+        let object = Object {
+            kind,
+            doc,
+            live: *live,
+        };
+        findings.push(evaluate(&configuration, &namespaces[ns], &object, &config));
+    }
+    Ok(findings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration `deploy/` installs, as the apiserver stores it.
+    fn deployed() -> MutatingWebhookConfiguration {
+        let text = include_str!("../deploy/base/mutatingwebhookconfiguration.yaml");
+        let doc = crate::yaml::read_documents(text).unwrap().remove(0);
+        let mut c: MutatingWebhookConfiguration = serde_json::from_value(doc).unwrap();
+        c.metadata.creation_timestamp =
+            serde_json::from_value(json!("2026-11-25T12:00:00Z")).unwrap();
+        c
+    }
+
+    fn ns(name: &str, labels: &[(&str, &str)]) -> Namespace {
+        let mut n = Namespace::named(name);
+        n.labels
+            .extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        n
+    }
+
+    fn pod(annotations: Value) -> Value {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "web", "annotations": annotations},
+               "spec": {"containers": [{"name": "app", "image": "nginx"}]}})
+    }
+
+    fn check(namespace: &Namespace, kind: &str, doc: &Value, live: bool) -> Finding {
+        let config = Config::embedded().unwrap();
+        evaluate(&deployed(), namespace, &Object { kind, doc, live }, &config)
+    }
+
+    fn verdict(f: &Finding) -> (Verdict, &str, Option<&str>) {
+        (f.result, f.reason.as_str(), f.webhook.as_deref())
+    }
+
+    const POD_HOOK: Option<&str> = Some("sidecar-injector/pod.sidecar-injector.io");
+    const NS_HOOK: Option<&str> = Some("sidecar-injector/namespace.sidecar-injector.io");
+
+    #[test]
+    fn every_reason_the_deployed_configuration_gives() {
+        let plain = ns("demo", &[]);
+        let enabled = ns("on", &[("sidecar-injector.io/injection", "enabled")]);
+        let opt_in = pod(json!({INJECT_KEY: "true"}));
+        let f = check(&plain, "Pod", &opt_in, false);
+        assert_eq!(verdict(&f), (Verdict::WouldInject, "opted-in", POD_HOOK));
+        assert_eq!(f.containers, ["sidecar"]);
+        assert_eq!(f.profiles, ["default"]);
+
+        let f = check(&plain, "Pod", &pod(json!({})), false);
+        assert_eq!(
+            verdict(&f),
+            (Verdict::NotInjected, "match-conditions", None)
+        );
+        assert!(f.message.contains("has-opt-in-key"), "{}", f.message);
+        assert!(f.message.contains("namespaceSelector"), "{}", f.message);
+
+        let f = check(&enabled, "Pod", &pod(json!({})), false);
+        assert_eq!(
+            verdict(&f),
+            (Verdict::WouldInject, "namespace-enabled", NS_HOOK)
+        );
+        let f = check(&enabled, "Pod", &pod(json!({INJECT_KEY: "false"})), false);
+        assert_eq!(verdict(&f), (Verdict::NotInjected, "opted-out", NS_HOOK));
+        let f = check(&plain, "Pod", &pod(json!({INJECT_KEY: "yes"})), false);
+        assert_eq!(verdict(&f), (Verdict::Denied, "bad-annotation", POD_HOOK));
+        assert!(f.message.contains(INJECT_KEY), "{}", f.message);
+
+        for system in ["kube-system", "sidecar-injector"] {
+            let f = check(&ns(system, &[]), "Pod", &opt_in, false);
+            assert_eq!(
+                verdict(&f),
+                (Verdict::NotInjected, "system-namespace", None)
+            );
+        }
+        let off = ns("off", &[("sidecar-injector.io/injection", "disabled")]);
+        let f = check(&off, "Pod", &opt_in, false);
+        assert_eq!(
+            verdict(&f),
+            (Verdict::NotInjected, "namespace-selector", None)
+        );
+
+        let mut injected = opt_in.clone();
+        injected["metadata"]["annotations"][STATUS_KEY] = json!(
+            r#"{"profiles":["default","logging"],"containers":["sidecar","log-tailer"],"initContainers":[],"volumes":["shared-data"]}"#
+        );
+        let f = check(&plain, "Pod", &injected, true);
+        assert_eq!(verdict(&f), (Verdict::Injected, "already-injected", None));
+        assert_eq!(f.profiles, ["default", "logging"]);
+        assert_eq!(f.containers, ["sidecar", "log-tailer"]);
+    }
+
+    #[test]
+    fn a_live_pod_that_would_be_injected_must_be_recreated() {
+        let mut old = pod(json!({INJECT_KEY: "true"}));
+        old["metadata"]["creationTimestamp"] = json!("2026-11-25T11:00:00Z");
+        let f = check(&ns("demo", &[]), "Pod", &old, true);
+        assert_eq!(
+            verdict(&f),
+            (Verdict::MustRecreate, "created-before-install", POD_HOOK)
+        );
+        old["metadata"]["creationTimestamp"] = json!("2026-11-25T13:00:00Z");
+        let f = check(&ns("demo", &[]), "Pod", &old, true);
+        assert_eq!(
+            verdict(&f),
+            (Verdict::MustRecreate, "not-injected-at-create", POD_HOOK)
+        );
+    }
+
+    #[test]
+    fn a_workload_is_judged_by_its_pod_template() {
+        let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "api", "annotations": {INJECT_KEY: "true"}},
+            "spec": {"template": {"metadata": {"labels": {"app": "api"}},
+                                  "spec": {"containers": [{"name": "app", "image": "x"}]}}}});
+        // Only the template's metadata counts, as for `inject`.
+        let f = check(&ns("demo", &[]), "Deployment", &deployment, true);
+        assert_eq!(
+            verdict(&f),
+            (Verdict::NotInjected, "match-conditions", None)
+        );
+        assert_eq!(f.object, "deployment/api");
+        let mut opted = deployment.clone();
+        opted["spec"]["template"]["metadata"]["annotations"] = json!({INJECT_KEY: "true"});
+        let f = check(&ns("demo", &[]), "Deployment", &opted, true);
+        assert_eq!(verdict(&f), (Verdict::WouldInject, "opted-in", POD_HOOK));
+        let cron = json!({"kind": "CronJob", "metadata": {"name": "c"}, "spec": {}});
+        let f = check(&ns("demo", &[]), "CronJob", &cron, false);
+        assert_eq!(verdict(&f), (Verdict::Denied, "bad-object", None));
+        let broken = json!({"kind": "Pod", "metadata": "x"});
+        let f = check(&ns("demo", &[]), "Pod", &broken, false);
+        assert_eq!(f.result, Verdict::Denied);
+    }
+
+    #[test]
+    fn the_policy_comes_from_the_webhook_path() {
+        let hook = |path: &str| -> MutatingWebhook {
+            serde_json::from_value(json!({"name": "h", "admissionReviewVersions": ["v1"],
+                "sideEffects": "None", "clientConfig": {"url": format!("https://x:8443{path}")}}))
+            .unwrap()
+        };
+        assert_eq!(hook_policy(&hook("/mutate")), Ok(Policy::Disabled));
+        assert_eq!(
+            hook_policy(&hook("/mutate?policy=enabled")),
+            Ok(Policy::Enabled)
+        );
+        assert_eq!(hook_policy(&hook("/mutate/enabled")), Ok(Policy::Enabled));
+        assert!(hook_policy(&hook("/mutate/enabled?policy=disabled")).is_err());
+        assert!(hook_policy(&hook("/validate")).is_err());
+        assert!(hook_policy(&hook("/mutatex")).is_err());
+    }
+
+    #[test]
+    fn the_table_aligns_and_ends_with_the_detail() {
+        let f = check(
+            &ns("demo", &[]),
+            "Pod",
+            &pod(json!({INJECT_KEY: "true"})),
+            false,
+        );
+        let t = table(&[f]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("NAMESPACE  OBJECT   RESULT"), "{t}");
+        assert_eq!(
+            lines[0].find("RESULT"),
+            lines[1].find("would-inject"),
+            "{t}"
+        );
+        assert!(
+            lines[1].ends_with("profiles default; containers sidecar"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn a_manifest_brings_its_own_namespaces() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: fresh\n  labels:\n    sidecar-injector.io/injection: enabled\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: fresh\nspec:\n  containers: [{name: a, image: x}]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n";
+        let g = from_manifest(text, "default").unwrap();
+        assert_eq!(g.objects.len(), 1);
+        assert_eq!(g.objects[0].0, "fresh");
+        let declared = &g.declared["fresh"];
+        let f = check(declared, "Pod", &g.objects[0].2, false);
+        assert_eq!(
+            verdict(&f),
+            (Verdict::WouldInject, "namespace-enabled", NS_HOOK)
+        );
+    }
+}
