@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod autotls;
 pub mod certs;
 pub mod check;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod pod;
 pub mod podsecurity;
 pub mod reload;
+pub mod rotation;
 pub mod selection;
 pub mod server;
 pub mod state;

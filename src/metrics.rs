@@ -28,6 +28,16 @@ struct ValidityLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    step: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    target: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     kind: &'static str,
     result: &'static str,
@@ -59,6 +69,9 @@ pub struct Metrics {
     cert_expiry: Gauge,
     handshake_failures: Family<HandshakeLabels, Counter>,
     invalid_certificates: Family<ValidityLabels, Counter>,
+    rotations: Family<StepLabels, Counter>,
+    write_failures: Family<TargetLabels, Counter>,
+    leader: Gauge,
 }
 
 /// The outcome that goes with each reason, so every series exists from the start.
@@ -93,6 +106,24 @@ impl Metrics {
         let cert_expiry = Gauge::default();
         let handshake_failures = Family::<HandshakeLabels, Counter>::default();
         let invalid_certificates = Family::<ValidityLabels, Counter>::default();
+        let rotations = Family::<StepLabels, Counter>::default();
+        let write_failures = Family::<TargetLabels, Counter>::default();
+        let leader = Gauge::default();
+        registry.register(
+            "sidecar_injector_tls_auto_writes",
+            "--tls-auto: Secret writes by the leader, by step (generated, restored, ca-added, ca-switched, ca-dropped, renewed) and caBundle patches (bundle)",
+            rotations.clone(),
+        );
+        registry.register(
+            "sidecar_injector_tls_auto_write_failures",
+            "--tls-auto: failed writes, by target (secret, cabundle, lease)",
+            write_failures.clone(),
+        );
+        registry.register(
+            "sidecar_injector_tls_auto_leader",
+            "--tls-auto: 1 while this replica holds the Lease and manages the certificate",
+            leader.clone(),
+        );
         registry.register(
             "sidecar_injector_certificate_out_of_validity_loads",
             "Serving certificates loaded (at start or reload) outside their validity period",
@@ -165,7 +196,24 @@ impl Metrics {
             cert_expiry,
             handshake_failures,
             invalid_certificates,
+            rotations,
+            write_failures,
+            leader,
         }
+    }
+
+    pub fn tls_auto_wrote(&self, step: &'static str) {
+        self.rotations.get_or_create(&StepLabels { step }).inc();
+    }
+
+    pub fn tls_auto_write_failed(&self, target: &'static str) {
+        self.write_failures
+            .get_or_create(&TargetLabels { target })
+            .inc();
+    }
+
+    pub fn set_tls_auto_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
     }
 
     /// A serving certificate loaded outside its validity: `state` is `expired` or

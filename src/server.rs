@@ -137,6 +137,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
+    pub auto: crate::autotls::AutoTlsArgs,
+    #[command(flatten)]
     pub timing: TimingArgs,
 }
 
@@ -528,13 +530,17 @@ fn load(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<Startu
         origin.as_deref().unwrap_or("<embedded default config>"),
     );
 
-    let (cert_pem, key_pem, cert_source) = if args.dev {
+    let (cert_pem, key_pem, cert_source) = if args.auto.tls_auto {
+        // Until the Secret is read: a throwaway certificate no caBundle trusts (not ready).
+        let (c, k) = crate::certs::dev_pair()?;
+        (c.into_bytes(), k.into_bytes(), None)
+    } else if args.dev {
         let (c, k) = crate::certs::dev_pair()?;
         tracing::info!("dev mode: in-memory self-signed certificate for localhost and 127.0.0.1");
         (c.into_bytes(), k.into_bytes(), None)
     } else {
         let (Some(cert), Some(key)) = (&args.tls.tls_cert, &args.tls.tls_key) else {
-            anyhow::bail!("serve needs --tls-cert and --tls-key (or --dev)");
+            anyhow::bail!("serve needs --tls-cert and --tls-key (or --tls-auto, or --dev)");
         };
         let (c, k) = (read(cert, "certificate")?, read(key, "key")?);
         (
@@ -806,6 +812,9 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
     tracing::info!(addr = %listener.local_addr()?, mtls = startup.mtls, "webhook listening");
     tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
 
+    if args.auto.tls_auto {
+        crate::autotls::spawn(args.auto.clone(), startup.store.clone(), state.clone()).await?;
+    }
     reload::spawn(
         startup.sources,
         state.clone(),

@@ -14,6 +14,9 @@ pub struct AppState {
     config: RwLock<Arc<Config>>,
     pub metrics: Metrics,
     ready: AtomicBool,
+    /// False while `--tls-auto` serves a certificate the webhook configuration's caBundle
+    /// does not trust yet (always true otherwise).
+    trusted: AtomicBool,
     /// How long a request body may take to arrive.
     pub body_timeout: Duration,
     /// Bytes of reviews in flight (bodies, working memory, unsent answers): small reviews
@@ -28,6 +31,7 @@ impl AppState {
             config: RwLock::new(Arc::new(config)),
             metrics,
             ready: AtomicBool::new(false),
+            trusted: AtomicBool::new(true),
             body_timeout,
             small: Budget::new(SMALL_BUDGET_BYTES),
             large: Budget::new(LARGE_BUDGET_BYTES),
@@ -49,7 +53,11 @@ impl AppState {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    pub fn set_trusted(&self, trusted: bool) {
+        self.trusted.store(trusted, Ordering::SeqCst);
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && self.trusted.load(Ordering::SeqCst)
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
@@ -95,6 +95,30 @@ impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.get())
     }
+}
+
+/// Whether a client that trusts the CAs in `bundle_pem` (the webhook configuration's
+/// caBundle) accepts `cert_pem` for `name` now, as kube-apiserver checks it.
+pub fn trusted_by(cert_pem: &[u8], bundle_pem: &[u8], name: &str) -> bool {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(bundle_pem).flatten() {
+        let _ = roots.add(cert);
+    }
+    let Ok(leaf) = CertificateDer::from_pem_slice(cert_pem) else {
+        return false;
+    };
+    let Ok(name) = rustls::pki_types::ServerName::try_from(name.to_string()) else {
+        return false;
+    };
+    let Ok(verifier) =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+    else {
+        return false;
+    };
+    verifier
+        .verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
+        .is_ok()
 }
 
 /// A verifier of client certificates signed by the CAs in `pem`.

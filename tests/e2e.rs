@@ -14,13 +14,12 @@ mod common;
 #[allow(dead_code)]
 mod invariants;
 
-use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::cluster::{root, wait_for, Cluster};
 use common::server::Server;
 use serde_json::{json, Value};
 
@@ -28,51 +27,15 @@ const NS_LABEL: &str = "sidecar-injector.io/injection";
 const INJECT: &str = "sidecar-injector.io/inject";
 const STATUS: &str = "sidecar-injector.io/status";
 
-struct Cluster {
-    kubectl: PathBuf,
-    kubeconfig: PathBuf,
-    routes: PathBuf,
-    dir: PathBuf,
-    webhook_client_ca: PathBuf,
-    overlay: PathBuf,
-    release: PathBuf,
-    service_ip: String,
-    apiserver: String,
-}
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
-        let env_file = std::env::var("SIDECAR_E2E_ENV").unwrap_or_else(|_| {
-            panic!(
-                "SIDECAR_E2E_ENV is not set: the end-to-end suite needs the control plane that \
-                 `make e2e` (scripts/e2e.sh) builds and starts"
-            )
-        });
-        let text = std::fs::read_to_string(&env_file)
-            .unwrap_or_else(|e| panic!("{env_file}: {e}: was the control plane started?"));
-        let env: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
-        let get =
-            |k: &str| PathBuf::from(env.get(k).unwrap_or_else(|| panic!("{env_file}: no {k}")));
-        let release = std::env::var_os("SIDECAR_E2E_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root().join("target/release/sidecar-injector"));
-        assert!(
-            release.exists(),
-            "{}: the release binary is missing (cargo build --release)",
-            release.display()
-        );
-        let dir = get("EGRESS_ROUTES").parent().unwrap().to_path_buf();
-        let overlay = dir.join("overlay");
+        let mut c = Cluster::from_env();
         // The self-signed overlay as `make certs` writes it, applied for real.
         let out = Command::new("bash")
             .arg(root().join("scripts/selfsigned-overlay.sh"))
-            .arg(&overlay)
-            .env("BIN", &release)
+            .arg(&c.overlay)
+            .env("BIN", &c.release)
             .output()
             .unwrap();
         assert!(
@@ -80,126 +43,10 @@ fn cluster() -> &'static Cluster {
             "selfsigned-overlay.sh: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut c = Cluster {
-            kubectl: get("BIN_DIR").join("kubectl"),
-            kubeconfig: get("KUBECONFIG"),
-            routes: get("EGRESS_ROUTES"),
-            webhook_client_ca: get("WEBHOOK_CLIENT_CA"),
-            apiserver: env["APISERVER_URL"].to_string(),
-            dir,
-            overlay,
-            release,
-            service_ip: String::new(),
-        };
         c.ok(&["apply", "-k", c.overlay.to_str().unwrap()]);
-        c.service_ip = c.ok(&[
-            "-n",
-            "sidecar-injector",
-            "get",
-            "service",
-            "sidecar-injector",
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ]);
+        c.service_ip = c.service_ip("sidecar-injector");
         c
     })
-}
-
-impl Cluster {
-    fn kubectl(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut child = Command::new(&self.kubectl)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{}: {e}", self.kubectl.display()));
-        let _ = child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.unwrap_or_default());
-        child.wait_with_output().unwrap()
-    }
-
-    /// kubectl that must succeed; its stdout, trimmed.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args, None);
-        assert!(
-            out.status.success(),
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    fn apply(&self, object: &Value) -> Output {
-        self.kubectl(&["apply", "-f", "-"], Some(object.to_string().as_bytes()))
-    }
-
-    fn apply_ok(&self, object: &Value) -> Output {
-        let out = self.apply(object);
-        assert!(
-            out.status.success(),
-            "kubectl apply {}/{}: {}",
-            object["kind"].as_str().unwrap_or(""),
-            object["metadata"]["name"].as_str().unwrap_or(""),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn get(&self, ns: &str, what: &str) -> Value {
-        serde_json::from_str(&self.ok(&["-n", ns, "get", what, "-o", "json"])).unwrap()
-    }
-
-    /// A namespace with these labels, once its "default" ServiceAccount exists.
-    fn namespace(&self, name: &str, labels: Value) {
-        self.apply_ok(&json!({"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": name, "labels": labels}}));
-        self.wait_for_default_service_account(name);
-    }
-
-    /// The ServiceAccount admission plugin refuses pods until the serviceaccount controller
-    /// has made the namespace's "default" ServiceAccount.
-    fn wait_for_default_service_account(&self, ns: &str) {
-        wait_for(
-            &format!("serviceaccount {ns}/default"),
-            Duration::from_secs(30),
-            || {
-                self.kubectl(&["-n", ns, "get", "serviceaccount", "default"], None)
-                    .status
-                    .success()
-            },
-        );
-    }
-
-    /// Sends the webhook Service `service`'s calls to `addr`.
-    fn route(&self, service_ip: &str, addr: &str) {
-        let mut routes: Vec<String> = std::fs::read_to_string(&self.routes)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.starts_with(&format!("{service_ip}:443 ")))
-            .map(String::from)
-            .collect();
-        routes.push(format!("{service_ip}:443 {addr}"));
-        let tmp = self.routes.with_extension("tmp");
-        std::fs::write(&tmp, routes.join("\n") + "\n").unwrap();
-        std::fs::rename(tmp, &self.routes).unwrap();
-    }
-}
-
-fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The start of a scenario: its turn, the cluster, the webhook running, its namespace.
@@ -651,15 +498,7 @@ fn reinvocation_with_a_second_injector_injects_once() {
     c.apply_ok(&json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "second", "namespace": "sidecar-injector"},
         "spec": {"ports": [{"port": 443, "targetPort": 8443}]}}));
-    let ip = c.ok(&[
-        "-n",
-        "sidecar-injector",
-        "get",
-        "service",
-        "second",
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ]);
+    let ip = c.service_ip("second");
     c.route(&ip, &second.addr);
     let ca = base64_encode(&std::fs::read(certs.join("ca.crt")).unwrap());
     c.apply_ok(&json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",

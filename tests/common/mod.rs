@@ -2,6 +2,7 @@
 //! strict schema validator (both installed by `make test-deps`, which `make test` runs).
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod server;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,711 @@
+//! `serve --tls-auto`: the webhook manages its own serving certificate in the cluster, the
+//! shell around `rotation`. Every replica watches one Secret through the API and serves what
+//! it holds at once (no volume, no kubelet delay), reports what it serves on the Lease, and
+//! is ready only when the webhook configuration's caBundle trusts that. The holder of the
+//! Lease alone writes: the Secret (guarded by resourceVersion) and the caBundle (server-side
+//! apply under a field manager that owns only the caBundle fields, and only when it differs).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures_util::StreamExt;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::ByteString;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::watcher;
+use kube::Api;
+use serde_json::json;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+use crate::rotation::{plan, Material, Settings, Step, Unusable, View, SECRET_TYPE};
+use crate::state::AppState;
+use crate::tls::CertStore;
+
+/// The field manager that owns the caBundle fields, and nothing else.
+pub const FIELD_MANAGER: &str = "sidecar-injector-tls-auto";
+/// Lease annotations with which each replica reports the certificate it serves.
+const REPORT_PREFIX: &str = "serving.sidecar-injector.io/";
+
+/// A duration flag: a number with a unit, s, m, h or d (`90s`, `15m`, `730d`).
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(text.trim_end_matches(char::is_alphabetic).len());
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 12h or 730d"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n.saturating_mul(seconds)))
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AutoTlsArgs {
+    /// Manage the serving certificate in the cluster (a Secret, a Lease and the webhook
+    /// configuration's caBundle) instead of reading it from files.
+    #[arg(long, env = "SIDECAR_INJECTOR_TLS_AUTO", conflicts_with_all = ["tls_cert", "tls_key", "dev"])]
+    pub tls_auto: bool,
+    /// Namespace of the Secret, the Lease and the Service (default: the pod's own, or the
+    /// kubeconfig context's).
+    #[arg(
+        long,
+        env = "SIDECAR_INJECTOR_TLS_AUTO_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
+    pub tls_auto_namespace: Option<String>,
+    #[arg(
+        long,
+        env = "SIDECAR_INJECTOR_TLS_AUTO_SECRET",
+        value_name = "NAME",
+        default_value = "sidecar-injector-certs"
+    )]
+    pub tls_auto_secret: String,
+    #[arg(
+        long,
+        env = "SIDECAR_INJECTOR_TLS_AUTO_LEASE",
+        value_name = "NAME",
+        default_value = "sidecar-injector-certs"
+    )]
+    pub tls_auto_lease: String,
+    /// The Service the apiserver calls: the certificate's DNS names.
+    #[arg(
+        long,
+        env = "SIDECAR_INJECTOR_TLS_AUTO_SERVICE",
+        value_name = "NAME",
+        default_value = "sidecar-injector"
+    )]
+    pub tls_auto_service: String,
+    /// The MutatingWebhookConfiguration whose webhooks get the caBundle.
+    #[arg(
+        long,
+        env = "SIDECAR_INJECTOR_TLS_AUTO_WEBHOOK_CONFIG",
+        value_name = "NAME",
+        default_value = "sidecar-injector"
+    )]
+    pub tls_auto_webhook_config: String,
+    /// This replica's name on the Lease (default: $POD_NAME, else the host name).
+    #[arg(long, env = "SIDECAR_INJECTOR_TLS_AUTO_IDENTITY", value_name = "NAME")]
+    pub tls_auto_identity: Option<String>,
+    /// A kubeconfig to reach the API with (default: the pod's ServiceAccount, else KUBECONFIG).
+    #[arg(long, env = "SIDECAR_INJECTOR_KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    #[arg(long, env = "SIDECAR_INJECTOR_CA_VALIDITY", value_parser = duration, default_value = "730d")]
+    pub ca_validity: Duration,
+    /// Start a CA rotation when the CA has less than this left.
+    #[arg(long, env = "SIDECAR_INJECTOR_CA_RENEW_BEFORE", value_parser = duration, default_value = "180d")]
+    pub ca_renew_before: Duration,
+    #[arg(long, env = "SIDECAR_INJECTOR_CERT_VALIDITY", value_parser = duration, default_value = "90d")]
+    pub cert_validity: Duration,
+    /// Reissue the serving certificate when it has less than this left.
+    #[arg(long, env = "SIDECAR_INJECTOR_CERT_RENEW_BEFORE", value_parser = duration, default_value = "30d")]
+    pub cert_renew_before: Duration,
+    /// How long the caBundle holds a new CA before it signs, and how long every replica
+    /// serves the new certificate before the old CA is dropped.
+    #[arg(long, env = "SIDECAR_INJECTOR_ROTATION_GRACE", value_parser = duration, default_value = "2m")]
+    pub rotation_grace: Duration,
+    /// How long a Lease holder that stops renewing keeps it.
+    #[arg(long, env = "SIDECAR_INJECTOR_LEASE_DURATION", value_parser = duration, default_value = "15s")]
+    pub lease_duration: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AutoTlsError {
+    #[error("--tls-auto cannot reach the Kubernetes API: {0}")]
+    NoCluster(String),
+    #[error("--tls-auto: {0}")]
+    Settings(String),
+}
+
+/// What this replica remembers between reconciles.
+struct Memory {
+    /// The material it serves, once loaded from a usable Secret.
+    served: Option<Material>,
+    /// The Lease record last seen and when it changed (expiry by our own clock, so skewed
+    /// clocks between nodes do not matter).
+    lease_seen: Option<(String, Instant)>,
+    /// When this replica last renewed the Lease as holder.
+    renewed: Option<Instant>,
+    /// Since when the caBundle has been the one wanted (by its text).
+    bundle_since: Option<(String, Instant)>,
+    /// Since when every live replica has reported the Secret's certificate (by its serial).
+    serving_since: Option<(String, Instant)>,
+    /// Last logged: leadership, trust, a missing configuration (to log changes only).
+    was_leader: bool,
+    was_trusted: Option<bool>,
+    warned_missing: bool,
+}
+
+struct Shell {
+    secrets: Api<Secret>,
+    leases: Api<Lease>,
+    configurations: Api<MutatingWebhookConfiguration>,
+    args: AutoTlsArgs,
+    settings: Settings,
+    identity: String,
+    store: Arc<CertStore>,
+    state: Arc<AppState>,
+    wake: Arc<Notify>,
+}
+
+/// The Secret as read: its material (or why not), and what a write must know.
+struct Observed {
+    material: Result<Material, Unusable>,
+    resource_version: Option<String>,
+    type_ok: bool,
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+fn report_key(identity: &str) -> String {
+    // An annotation name: at most 63 of [A-Za-z0-9-_.], alphanumeric at both ends.
+    let name: String = identity
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    format!(
+        "{REPORT_PREFIX}{}",
+        name.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+    )
+}
+
+impl Shell {
+    async fn read_secret(&self) -> kube::Result<Observed> {
+        let secret = self.secrets.get_opt(&self.args.tls_auto_secret).await?;
+        let Some(secret) = secret else {
+            return Ok(Observed {
+                material: Err(Unusable::Missing),
+                resource_version: None,
+                type_ok: true,
+            });
+        };
+        let kind = secret.type_.clone().unwrap_or_else(|| "Opaque".into());
+        let data: BTreeMap<String, Vec<u8>> = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        Ok(Observed {
+            material: Material::from_secret(Some((&kind, &data)), now().unix_timestamp()),
+            resource_version: secret.metadata.resource_version,
+            type_ok: kind == SECRET_TYPE,
+        })
+    }
+
+    /// Serves the Secret's certificate if it is not the one in force.
+    fn load(&self, memory: &mut Memory, material: &Material) {
+        if memory
+            .served
+            .as_ref()
+            .is_some_and(|m| m.serial == material.serial)
+        {
+            return;
+        }
+        match crate::tls::load_pair(material.tls_crt.as_bytes(), material.tls_key.as_bytes()) {
+            Ok(loaded) => {
+                crate::reload::note_certificate(&loaded, &self.state);
+                self.store.set(loaded.key);
+                self.state
+                    .metrics
+                    .reloaded(crate::metrics::ReloadKind::Certificate, true);
+                tracing::info!(serial = %material.serial, not_after = material.tls_not_after, "tls-auto: serving the certificate from the Secret");
+                memory.served = Some(material.clone());
+            }
+            Err(error) => {
+                self.state
+                    .metrics
+                    .reloaded(crate::metrics::ReloadKind::Certificate, false);
+                tracing::error!(%error, "tls-auto: the Secret's certificate does not load");
+            }
+        }
+    }
+
+    /// Every webhook's caBundle, and the webhooks' names (`None`: no configuration).
+    async fn read_bundles(&self) -> kube::Result<Option<(Vec<String>, Vec<String>)>> {
+        let Some(c) = self
+            .configurations
+            .get_opt(&self.args.tls_auto_webhook_config)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let hooks = c.webhooks.unwrap_or_default();
+        let bundles = hooks
+            .iter()
+            .map(|h| {
+                h.client_config
+                    .ca_bundle
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        Ok(Some((bundles, hooks.into_iter().map(|h| h.name).collect())))
+    }
+
+    fn note_trust(&self, memory: &mut Memory, bundles: Option<&[String]>) {
+        let name = &self.settings.dns[0];
+        let trusted = match (&memory.served, bundles) {
+            (Some(m), Some(bundles)) => {
+                !bundles.is_empty()
+                    && bundles
+                        .iter()
+                        .all(|b| crate::tls::trusted_by(m.tls_crt.as_bytes(), b.as_bytes(), name))
+            }
+            _ => false,
+        };
+        self.state.set_trusted(trusted);
+        if memory.was_trusted != Some(trusted) {
+            if trusted {
+                tracing::info!("tls-auto: the caBundle trusts the served certificate: ready");
+            } else {
+                tracing::warn!(
+                    "tls-auto: the caBundle does not trust the served certificate (yet): not ready"
+                );
+            }
+            memory.was_trusted = Some(trusted);
+        }
+    }
+
+    /// Takes or renews the Lease, with this replica's report on it. Whether we hold it.
+    async fn lease(&self, memory: &mut Memory, serial: Option<&str>) -> kube::Result<bool> {
+        let name = &self.args.tls_auto_lease;
+        let duration = self.args.lease_duration;
+        let stamp = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let report = serial.map(|s| format!("{s} {}", now().unix_timestamp()));
+        let Some(mut lease) = self.leases.get_opt(name).await? else {
+            let mut lease = Lease::default();
+            lease.metadata.name = Some(name.clone());
+            lease.metadata.annotations =
+                report.map(|r| BTreeMap::from([(report_key(&self.identity), r)]));
+            lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                holder_identity: Some(self.identity.clone()),
+                lease_duration_seconds: Some(duration.as_secs() as i32),
+                acquire_time: Some(stamp.clone()),
+                renew_time: Some(stamp),
+                lease_transitions: Some(0),
+                ..Default::default()
+            });
+            return match self.leases.create(&PostParams::default(), &lease).await {
+                Ok(_) => {
+                    memory.renewed = Some(Instant::now());
+                    Ok(true)
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let record = format!("{holder} {:?}", spec.renew_time.as_ref().map(|t| t.0));
+        let changed_at = match &memory.lease_seen {
+            Some((seen, at)) if *seen == record => *at,
+            _ => Instant::now(),
+        };
+        memory.lease_seen = Some((record, changed_at));
+        let mine = holder == self.identity;
+        let expired = holder.is_empty() || changed_at.elapsed() > duration;
+        if mine || expired {
+            if let Some(r) = report {
+                lease
+                    .metadata
+                    .annotations
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(report_key(&self.identity), r);
+            }
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            if !mine {
+                tracing::info!(previous = %holder, "tls-auto: taking over the Lease");
+                spec.holder_identity = Some(self.identity.clone());
+                spec.acquire_time = Some(stamp.clone());
+                spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+            }
+            spec.renew_time = Some(stamp);
+            spec.lease_duration_seconds = Some(duration.as_secs() as i32);
+            // resourceVersion from the read: a concurrent writer makes this fail (409).
+            return match self
+                .leases
+                .replace(name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(_) => {
+                    memory.renewed = Some(Instant::now());
+                    Ok(true)
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    Ok(mine && memory.renewed.is_some_and(|r| r.elapsed() < duration))
+                }
+                Err(e) => Err(e),
+            };
+        }
+        if let Some(r) = report {
+            let patch = json!({"metadata": {"annotations": {report_key(&self.identity): r}}});
+            self.leases
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+        }
+        Ok(false)
+    }
+
+    /// Every live replica's report (serial of the certificate it serves), from the Lease.
+    async fn reports(&self) -> kube::Result<Vec<String>> {
+        let fresh = now().unix_timestamp() - 3 * self.args.lease_duration.as_secs() as i64;
+        let lease = self.leases.get_opt(&self.args.tls_auto_lease).await?;
+        Ok(lease
+            .and_then(|l| l.metadata.annotations)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(REPORT_PREFIX))
+            .filter_map(|(_, v)| {
+                let (serial, seen) = v.split_once(' ')?;
+                (seen.parse::<i64>().ok()? >= fresh).then(|| serial.to_string())
+            })
+            .collect())
+    }
+
+    async fn write_secret(&self, observed: &Observed, material: &Material) -> kube::Result<()> {
+        let name = &self.args.tls_auto_secret;
+        let mut secret = Secret {
+            type_: Some(SECRET_TYPE.into()),
+            data: Some(
+                material
+                    .to_secret_data()
+                    .into_iter()
+                    .map(|(k, v)| (k, ByteString(v)))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        secret.metadata.name = Some(name.clone());
+        secret.metadata.labels = Some(BTreeMap::from([(
+            "app.kubernetes.io/managed-by".to_string(),
+            "sidecar-injector".to_string(),
+        )]));
+        match &observed.resource_version {
+            None => {
+                self.secrets.create(&PostParams::default(), &secret).await?;
+            }
+            // A Secret's type cannot change: delete exactly the version we read, then create.
+            Some(rv) if !observed.type_ok => {
+                let dp = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        resource_version: Some(rv.clone()),
+                        uid: None,
+                    }),
+                    ..Default::default()
+                };
+                self.secrets.delete(name, &dp).await?;
+                self.secrets.create(&PostParams::default(), &secret).await?;
+            }
+            Some(rv) => {
+                secret.metadata.resource_version = Some(rv.clone());
+                self.secrets
+                    .replace(name, &PostParams::default(), &secret)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_bundle(&self, hooks: &[String], bundle: &str) -> kube::Result<()> {
+        let webhooks: Vec<_> = hooks
+            .iter()
+            .map(|name| json!({"name": name, "clientConfig": {"caBundle": ByteString(bundle.as_bytes().to_vec())}}))
+            .collect();
+        let patch = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": self.args.tls_auto_webhook_config},
+            "webhooks": webhooks,
+        });
+        self.configurations
+            .patch(
+                &self.args.tls_auto_webhook_config,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// One look at the cluster and at most one write. Whether to look again at once.
+    async fn reconcile(&self, memory: &mut Memory) -> Result<bool, (&'static str, kube::Error)> {
+        let observed = self.read_secret().await.map_err(|e| ("secret", e))?;
+        if let Ok(m) = &observed.material {
+            self.load(memory, m);
+        }
+        let configuration = self
+            .read_bundles()
+            .await
+            .map_err(|e| ("configuration", e))?;
+        let bundles = configuration.as_ref().map(|(b, _)| b.as_slice());
+        self.note_trust(memory, bundles);
+        if configuration.is_none() && !memory.warned_missing {
+            tracing::warn!(name = %self.args.tls_auto_webhook_config, "tls-auto: the MutatingWebhookConfiguration does not exist (uninstalled?): it is not recreated, and this replica is not ready");
+        }
+        memory.warned_missing = configuration.is_none();
+
+        let serial = memory.served.as_ref().map(|m| m.serial.clone());
+        let leader = self
+            .lease(memory, serial.as_deref())
+            .await
+            .map_err(|e| ("lease", e))?;
+        self.state.metrics.set_tls_auto_leader(leader);
+        if leader != memory.was_leader {
+            tracing::info!(identity = %self.identity, leader, "tls-auto: leadership changed");
+            memory.was_leader = leader;
+        }
+        if !leader {
+            return Ok(false);
+        }
+
+        let wanted = observed.material.as_ref().ok().map(Material::bundle);
+        let settled = |since: &mut Option<(String, Instant)>, key: Option<String>| match key {
+            Some(key) => match since {
+                Some((k, at)) if *k == key => at.elapsed(),
+                _ => {
+                    *since = Some((key, Instant::now()));
+                    Duration::ZERO
+                }
+            },
+            None => {
+                *since = None;
+                Duration::ZERO
+            }
+        };
+        let bundle_ok = wanted
+            .clone()
+            .filter(|w| bundles.is_some_and(|b| !b.is_empty() && b.iter().all(|x| x == w)));
+        let bundle_settled = settled(&mut memory.bundle_since, bundle_ok);
+        let reports = self.reports().await.map_err(|e| ("lease", e))?;
+        let serving_ok = observed
+            .material
+            .as_ref()
+            .ok()
+            .map(|m| m.serial.clone())
+            .filter(|s| !reports.is_empty() && reports.iter().all(|r| r == s));
+        let serving_settled = settled(&mut memory.serving_since, serving_ok);
+
+        let view = View {
+            now: now(),
+            secret: &observed.material,
+            fallback: memory.served.as_ref(),
+            bundles,
+            bundle_settled,
+            serving_settled,
+        };
+        let step = match plan(&view, &self.settings) {
+            Ok(step) => step,
+            Err(error) => {
+                tracing::error!(%error, "tls-auto: cannot generate a certificate");
+                return Ok(false);
+            }
+        };
+        match step {
+            Step::Write(material, change) => {
+                if let Err(unusable) = &observed.material {
+                    tracing::warn!(secret = %self.args.tls_auto_secret, problem = %unusable, action = change.describe(), "tls-auto: the Secret is not usable");
+                }
+                self.write_secret(&observed, &material)
+                    .await
+                    .map_err(|e| ("secret", e))?;
+                tracing::info!(secret = %self.args.tls_auto_secret, step = change.describe(), serial = %material.serial, cas = material.cas.len(), "tls-auto: wrote the Secret");
+                self.state.metrics.tls_auto_wrote(change.as_str());
+                Ok(true)
+            }
+            Step::Bundle(bundle) => {
+                let hooks = configuration.map(|(_, h)| h).unwrap_or_default();
+                self.apply_bundle(&hooks, &bundle)
+                    .await
+                    .map_err(|e| ("cabundle", e))?;
+                tracing::info!(configuration = %self.args.tls_auto_webhook_config, webhooks = hooks.len(), "tls-auto: set the caBundle");
+                self.state.metrics.tls_auto_wrote("bundle");
+                Ok(true)
+            }
+            Step::Wait(what) => {
+                tracing::debug!(waiting_for = what, "tls-auto");
+                Ok(false)
+            }
+            Step::Idle => Ok(false),
+        }
+    }
+}
+
+/// Wakes the reconcile loop on every change of one named object.
+fn watch<K>(api: Api<K>, name: &str, wake: Arc<Notify>)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    use kube::runtime::WatchStreamExt;
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher(api, config).default_backoff();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(error) = event {
+                tracing::debug!(%error, "tls-auto: watch interrupted; retrying");
+            }
+            wake.notify_one();
+        }
+    });
+}
+
+async fn client(args: &AutoTlsArgs) -> Result<kube::Client, AutoTlsError> {
+    let no = |e: String| AutoTlsError::NoCluster(e);
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| no(e.to_string()))?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default())
+                .await
+                .map_err(|e| no(e.to_string()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| no(e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(|e| no(e.to_string()))
+}
+
+/// Starts managing the certificate in the background: the webhook serves `store`, and
+/// `state` is not ready until the caBundle trusts what it serves.
+pub async fn spawn(
+    args: AutoTlsArgs,
+    store: Arc<CertStore>,
+    state: Arc<AppState>,
+) -> Result<(), AutoTlsError> {
+    if args.rotation_grace * 2 >= args.ca_renew_before {
+        return Err(AutoTlsError::Settings(
+            "--ca-renew-before must exceed twice --rotation-grace (a CA rotation takes two grace periods)".into(),
+        ));
+    }
+    let client = client(&args).await?;
+    let namespace = args
+        .tls_auto_namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let identity = args
+        .tls_auto_identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| format!("pid-{}", std::process::id()));
+    let service = &args.tls_auto_service;
+    let settings = Settings {
+        dns: vec![
+            format!("{service}.{namespace}.svc"),
+            format!("{service}.{namespace}"),
+            format!("{service}.{namespace}.svc.cluster.local"),
+            service.clone(),
+        ],
+        ca_validity: args.ca_validity,
+        ca_renew_before: args.ca_renew_before,
+        cert_validity: args.cert_validity,
+        cert_renew_before: args.cert_renew_before,
+        grace: args.rotation_grace,
+    };
+    state.set_trusted(false);
+    let wake = Arc::new(Notify::new());
+    let shell = Shell {
+        secrets: Api::namespaced(client.clone(), &namespace),
+        leases: Api::namespaced(client.clone(), &namespace),
+        configurations: Api::all(client),
+        settings,
+        identity,
+        store,
+        state,
+        wake: wake.clone(),
+        args,
+    };
+    watch(
+        shell.secrets.clone(),
+        &shell.args.tls_auto_secret,
+        wake.clone(),
+    );
+    watch(
+        shell.configurations.clone(),
+        &shell.args.tls_auto_webhook_config,
+        wake.clone(),
+    );
+    tracing::info!(%namespace, identity = %shell.identity, secret = %shell.args.tls_auto_secret, configuration = %shell.args.tls_auto_webhook_config, "tls-auto: managing the serving certificate");
+    // Often enough to renew the Lease and to notice a grace period's end.
+    let tick = (shell.args.lease_duration / 3)
+        .min(shell.args.rotation_grace / 4)
+        .clamp(Duration::from_millis(200), Duration::from_secs(5));
+    tokio::spawn(async move {
+        let mut memory = Memory {
+            served: None,
+            lease_seen: None,
+            renewed: None,
+            bundle_since: None,
+            serving_since: None,
+            was_leader: false,
+            was_trusted: None,
+            warned_missing: false,
+        };
+        loop {
+            let again = match shell.reconcile(&mut memory).await {
+                Ok(again) => again,
+                Err((target, error)) => {
+                    tracing::warn!(target, %error, "tls-auto: API call failed; retrying");
+                    if matches!(target, "secret" | "cabundle" | "lease") {
+                        shell.state.metrics.tls_auto_write_failed(target);
+                    }
+                    false
+                }
+            };
+            if !again {
+                tokio::select! {
+                    _ = shell.wake.notified() => {}
+                    _ = tokio::time::sleep(tick) => {}
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(duration("730d"), Ok(Duration::from_secs(730 * 86400)));
+        assert!(duration("90").is_err());
+        assert!(duration("1w").is_err());
+        assert!(duration("s").is_err());
+    }
+
+    #[test]
+    fn report_keys_are_annotation_names() {
+        assert_eq!(
+            report_key("injector-7d9f-abc12"),
+            "serving.sidecar-injector.io/injector-7d9f-abc12"
+        );
+        assert_eq!(report_key("a b/c"), "serving.sidecar-injector.io/a-b-c");
+        assert_eq!(report_key(&"x".repeat(100)).len(), REPORT_PREFIX.len() + 63);
+    }
+}
