@@ -23,6 +23,7 @@ finish() {
 }
 trap finish EXIT
 bash "$cp" start "$dir"
+rm -f target/e2e/tls-auto.md
 SIDECAR_E2E_ENV="$dir/env" SIDECAR_E2E_BIN="$root/target/release/sidecar-injector" \
-    cargo test --locked --features e2e --test e2e --test hostile -- --test-threads=1
-cat target/e2e/latency.md
+    cargo test --locked --features e2e --test e2e --test tls_auto --test hostile -- --test-threads=1
+cat target/e2e/latency.md target/e2e/tls-auto.md

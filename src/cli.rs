@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the HTTPS webhook server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Answer one AdmissionReview request (JSON) exactly as the server would.
     Review(ReviewArgs),
     /// Inject sidecars into manifests (YAML or JSON, multi-document) and print them as YAML.

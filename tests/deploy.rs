@@ -94,8 +94,9 @@ fn base_renders_and_validates_with_the_good_practices() {
     ] {
         assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
     }
+    // --tls-auto: the token is needed, the certificate comes through the API.
     let sa = find(&objects, "ServiceAccount")[0];
-    assert_eq!(sa["automountServiceAccountToken"], false);
+    assert_eq!(sa["automountServiceAccountToken"], true);
     let d = find(&objects, "Deployment")[0];
     assert_eq!(d["metadata"]["namespace"], "sidecar-injector");
     assert_eq!(d["spec"]["replicas"], 2);
@@ -116,10 +117,19 @@ fn base_renders_and_validates_with_the_good_practices() {
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert!(c["resources"]["limits"]["memory"].is_string());
-    let volumes = pod["volumes"].as_array().unwrap();
-    assert!(volumes
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .unwrap()
         .iter()
-        .any(|v| v["secret"]["secretName"] == "sidecar-injector-tls"));
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(args.contains(&"--tls-auto"), "{args:?}");
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    let volumes = pod["volumes"].as_array().unwrap();
+    assert!(!volumes.iter().any(|v| v["secret"].is_object()));
     assert!(volumes
         .iter()
         .any(|v| v["configMap"]["name"] == "sidecar-injector-config"));
@@ -263,10 +273,111 @@ fn match_conditions_send_only_pods_with_the_opt_in_key() {
     }
 }
 
+/// Every rule of the tls-auto RBAC names its objects, except `create`, which the API cannot
+/// limit by name; and nothing beyond the Secret, the Lease and the webhook configuration.
+#[test]
+fn tls_auto_rbac_is_as_narrow_as_the_api_allows() {
+    let objects = kustomize(&root().join("deploy"));
+    let mut granted = Vec::new();
+    for role in find(&objects, "Role")
+        .into_iter()
+        .chain(find(&objects, "ClusterRole"))
+    {
+        for rule in role["rules"].as_array().unwrap() {
+            let verbs: Vec<&str> = rule["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            let names = rule["resourceNames"].as_array();
+            assert!(!verbs.contains(&"*"), "{rule}");
+            if verbs == ["create"] {
+                assert!(names.is_none(), "{rule}");
+            } else {
+                assert!(
+                    names.is_some_and(|n| !n.is_empty()),
+                    "a rule without resourceNames: {rule}"
+                );
+            }
+            for resource in rule["resources"].as_array().unwrap() {
+                for verb in &verbs {
+                    granted.push(format!("{} {verb}", resource.as_str().unwrap()));
+                }
+            }
+        }
+    }
+    granted.sort();
+    assert_eq!(
+        granted,
+        [
+            "leases create",
+            "leases get",
+            "leases patch",
+            "leases update",
+            "mutatingwebhookconfigurations get",
+            "mutatingwebhookconfigurations list",
+            "mutatingwebhookconfigurations patch",
+            "mutatingwebhookconfigurations watch",
+            "secrets create",
+            "secrets delete",
+            "secrets get",
+            "secrets list",
+            "secrets update",
+            "secrets watch",
+        ]
+    );
+    for binding in find(&objects, "RoleBinding")
+        .into_iter()
+        .chain(find(&objects, "ClusterRoleBinding"))
+    {
+        assert_eq!(
+            binding["subjects"],
+            serde_json::json!([{"kind": "ServiceAccount", "name": "sidecar-injector", "namespace": "sidecar-injector"}])
+        );
+    }
+}
+
+/// The overlays that serve a certificate from files: no token, no tls-auto RBAC, the Secret
+/// mounted, the files named on the command line.
+fn assert_serves_from_files(objects: &[Value]) {
+    for kind in ["Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"] {
+        assert!(
+            find(objects, kind).is_empty(),
+            "{kind} left in a file-based overlay"
+        );
+    }
+    assert_eq!(
+        find(objects, "ServiceAccount")[0]["automountServiceAccountToken"],
+        false
+    );
+    let pod = &find(objects, "Deployment")[0]["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let c = &pod["containers"][0];
+    let args = c["args"].to_string();
+    assert!(
+        args.contains("--tls-cert=/etc/sidecar-injector/tls/tls.crt")
+            && !args.contains("--tls-auto"),
+        "{args}"
+    );
+    assert!(c["env"].is_null());
+    assert!(pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["secret"]["secretName"] == "sidecar-injector-tls"));
+    assert!(c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["mountPath"] == "/etc/sidecar-injector/tls"));
+}
+
 #[test]
 fn cert_manager_overlay_wires_the_ca_injection() {
     let objects = kustomize(&root().join("deploy/cert-manager"));
     validate_builtin(&objects);
+    assert_serves_from_files(&objects);
     let mwc = find(&objects, "MutatingWebhookConfiguration")[0];
     assert_eq!(
         mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"],
@@ -293,6 +404,7 @@ fn selfsigned_overlay_fills_secret_and_ca_bundle() {
     use base64::Engine as _;
     let (dir, objects) = selfsigned_overlay();
     validate_builtin(&objects);
+    assert_serves_from_files(&objects);
     let secret = find(&objects, "Secret")[0];
     assert_eq!(secret["metadata"]["name"], "sidecar-injector-tls");
     assert_eq!(secret["metadata"]["namespace"], "sidecar-injector");

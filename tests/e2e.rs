@@ -1434,18 +1434,6 @@ fn check_finds_pods_created_before_install_and_pods_not_opted_in() {
     c.ok(&["delete", "mutatingwebhookconfiguration", "check-variant"]);
 }
 
-/// A kubeconfig for the admin's cluster that authenticates as `ns/sa` with a token.
-fn service_account_kubeconfig(c: &Cluster, ns: &str, sa: &str) -> PathBuf {
-    let token = c.ok(&["-n", ns, "create", "token", sa]);
-    let mut config: Value =
-        serde_json::from_str(&c.ok(&["config", "view", "--raw", "--minify", "-o", "json"]))
-            .unwrap();
-    config["users"][0]["user"] = json!({"token": token});
-    let path = c.dir.join(format!("kubeconfig-{ns}-{sa}"));
-    std::fs::write(&path, config.to_string()).unwrap();
-    path
-}
-
 #[test]
 fn check_errors_name_what_is_missing() {
     let ns = "check-rbac";
@@ -1487,7 +1475,7 @@ fn check_errors_name_what_is_missing() {
     ] {
         c.ok(&["delete", "--ignore-not-found", what]);
     }
-    let kubeconfig = service_account_kubeconfig(c, ns, "checker");
+    let kubeconfig = c.token_kubeconfig(ns, "checker");
     let (code, _, err) = run_check(c, &kubeconfig, &["-n", ns]);
     assert_eq!(code, 2, "{err}");
     assert!(

@@ -64,6 +64,18 @@ impl Cluster {
         }
     }
 
+    /// A kubeconfig for this cluster that authenticates as ServiceAccount `ns/sa` with a token.
+    pub fn token_kubeconfig(&self, ns: &str, sa: &str) -> PathBuf {
+        let token = self.ok(&["-n", ns, "create", "token", sa, "--duration=2h"]);
+        let mut config: Value =
+            serde_json::from_str(&self.ok(&["config", "view", "--raw", "--minify", "-o", "json"]))
+                .unwrap();
+        config["users"][0]["user"] = json!({"token": token});
+        let path = self.dir.join(format!("kubeconfig-{ns}-{sa}"));
+        std::fs::write(&path, config.to_string()).unwrap();
+        path
+    }
+
     /// The ClusterIP of Service `name` in the injector's namespace.
     pub fn service_ip(&self, name: &str) -> String {
         self.ok(&[
