@@ -5,7 +5,7 @@ BIN      := target/release/sidecar-injector
 IMAGE    ?= sidecar-injector:0.1.0
 KUBECTL  ?= kubectl
 
-.PHONY: build test e2e control-plane test-deps run certs image deploy deploy-selfsigned undeploy bench soak fuzz deny fmt lint
+.PHONY: build test e2e control-plane test-deps run certs image deploy deploy-cert-manager deploy-selfsigned undeploy bench soak fuzz deny fmt lint
 
 build:
 	$(CARGO) build --release --locked
@@ -39,8 +39,12 @@ certs: build
 image:
 	docker build -t $(IMAGE) .
 
-## deploy: with cert-manager installed in the cluster.
+## deploy: on a bare cluster; the replicas manage their own certificate (serve --tls-auto).
 deploy:
+	$(KUBECTL) apply -k deploy
+
+## deploy-cert-manager: the certificate from cert-manager (installed in the cluster).
+deploy-cert-manager:
 	$(KUBECTL) apply -k deploy/cert-manager
 
 ## deploy-selfsigned: no cert-manager; run `make certs` first.

@@ -274,16 +274,19 @@ impl Shell {
             _ => false,
         };
         self.state.set_trusted(trusted);
-        if memory.was_trusted != Some(trusted) {
-            if trusted {
-                tracing::info!("tls-auto: the caBundle trusts the served certificate: ready");
-            } else {
-                tracing::warn!(
-                    "tls-auto: the caBundle does not trust the served certificate (yet): not ready"
-                );
+        match (memory.was_trusted, trusted) {
+            (Some(was), now) if was == now => {}
+            (_, true) => {
+                tracing::info!("tls-auto: the caBundle trusts the served certificate: ready")
             }
-            memory.was_trusted = Some(trusted);
+            (None, false) => {
+                tracing::info!("tls-auto: waiting for the caBundle to trust the served certificate")
+            }
+            (Some(_), false) => tracing::warn!(
+                "tls-auto: the caBundle no longer trusts the served certificate: not ready"
+            ),
         }
+        memory.was_trusted = Some(trusted);
     }
 
     /// Takes or renews the Lease, with this replica's report on it. Whether we hold it.
@@ -668,9 +671,7 @@ pub async fn spawn(
                 Ok(again) => again,
                 Err((target, error)) => {
                     tracing::warn!(target, %error, "tls-auto: API call failed; retrying");
-                    if matches!(target, "secret" | "cabundle" | "lease") {
-                        shell.state.metrics.tls_auto_write_failed(target);
-                    }
+                    shell.state.metrics.tls_auto_api_failed(target);
                     false
                 }
             };

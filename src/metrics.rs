@@ -70,7 +70,7 @@ pub struct Metrics {
     handshake_failures: Family<HandshakeLabels, Counter>,
     invalid_certificates: Family<ValidityLabels, Counter>,
     rotations: Family<StepLabels, Counter>,
-    write_failures: Family<TargetLabels, Counter>,
+    api_failures: Family<TargetLabels, Counter>,
     leader: Gauge,
 }
 
@@ -107,7 +107,7 @@ impl Metrics {
         let handshake_failures = Family::<HandshakeLabels, Counter>::default();
         let invalid_certificates = Family::<ValidityLabels, Counter>::default();
         let rotations = Family::<StepLabels, Counter>::default();
-        let write_failures = Family::<TargetLabels, Counter>::default();
+        let api_failures = Family::<TargetLabels, Counter>::default();
         let leader = Gauge::default();
         registry.register(
             "sidecar_injector_tls_auto_writes",
@@ -115,9 +115,9 @@ impl Metrics {
             rotations.clone(),
         );
         registry.register(
-            "sidecar_injector_tls_auto_write_failures",
-            "--tls-auto: failed writes, by target (secret, cabundle, lease)",
-            write_failures.clone(),
+            "sidecar_injector_tls_auto_api_failures",
+            "--tls-auto: failed API calls (reads and writes), by target (secret, configuration, cabundle, lease)",
+            api_failures.clone(),
         );
         registry.register(
             "sidecar_injector_tls_auto_leader",
@@ -197,7 +197,7 @@ impl Metrics {
             handshake_failures,
             invalid_certificates,
             rotations,
-            write_failures,
+            api_failures,
             leader,
         }
     }
@@ -206,8 +206,8 @@ impl Metrics {
         self.rotations.get_or_create(&StepLabels { step }).inc();
     }
 
-    pub fn tls_auto_write_failed(&self, target: &'static str) {
-        self.write_failures
+    pub fn tls_auto_api_failed(&self, target: &'static str) {
+        self.api_failures
             .get_or_create(&TargetLabels { target })
             .inc();
     }
