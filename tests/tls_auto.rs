@@ -386,6 +386,20 @@ fn a_bare_cluster_two_replicas_starting_together_make_one_ca() {
     );
 }
 
+/// Material made at `at` for `dns`, a CA and certificate valid for a day.
+fn day_long(dns: &str, at: time::OffsetDateTime) -> Material {
+    let day = Duration::from_secs(86400);
+    let settings = Settings {
+        dns: vec![dns.into()],
+        ca_validity: day,
+        ca_renew_before: day / 24,
+        cert_validity: day,
+        cert_renew_before: day / 24,
+        grace: Duration::from_secs(1),
+    };
+    Material::generate(&settings, at).unwrap()
+}
+
 /// Two ready replicas, the Service on the first, pods created through it.
 fn two_ready(a: &Auto, extra: &[&str]) -> (Server, Server) {
     let r1 = replica(a, "replica-1", extra);
@@ -402,18 +416,7 @@ fn a_lost_or_broken_secret_is_restored_without_an_outage() {
     let c = &a.c;
     let (r1, r2) = two_ready(a, &[]);
     let original = settled(c).unwrap();
-    let other = Material::generate(
-        &Settings {
-            dns: vec!["other".into()],
-            ca_validity: Duration::from_secs(86400),
-            ca_renew_before: Duration::from_secs(3600),
-            cert_validity: Duration::from_secs(86400),
-            cert_renew_before: Duration::from_secs(3600),
-            grace: Duration::from_secs(1),
-        },
-        time::OffsetDateTime::now_utc(),
-    )
-    .unwrap();
+    let other = day_long("other", time::OffsetDateTime::now_utc());
     let secret = |kind: &str, data: &BTreeMap<String, Vec<u8>>| {
         let data: BTreeMap<&String, String> = data.iter().map(|(k, v)| (k, b64(v))).collect();
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": NS},
@@ -553,18 +556,7 @@ fn expired_material_at_start_is_replaced_before_ready() {
     let (_t, a) = scenario();
     let c = &a.c;
     let past = time::OffsetDateTime::now_utc() - time::Duration::days(3);
-    let expired = Material::generate(
-        &Settings {
-            dns: vec!["sidecar-injector.sidecar-injector.svc".into()],
-            ca_validity: Duration::from_secs(86400),
-            ca_renew_before: Duration::from_secs(3600),
-            cert_validity: Duration::from_secs(86400),
-            cert_renew_before: Duration::from_secs(3600),
-            grace: Duration::from_secs(1),
-        },
-        past,
-    )
-    .unwrap();
+    let expired = day_long("sidecar-injector.sidecar-injector.svc", past);
     let data: BTreeMap<String, String> = expired
         .to_secret_data()
         .into_iter()
