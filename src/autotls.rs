@@ -168,6 +168,17 @@ fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
+/// Lease durations after which a replica's report is dropped from the Lease.
+const STALE_REPORTS: i64 = 20;
+
+/// When a report (`<serial> <unix seconds>`) was written; 0 if it cannot be read.
+fn report_seen(value: &str) -> i64 {
+    value
+        .split_once(' ')
+        .and_then(|(_, seen)| seen.parse().ok())
+        .unwrap_or(0)
+}
+
 fn report_key(identity: &str) -> String {
     // An annotation name: at most 63 of [A-Za-z0-9-_.], alphanumeric at both ends.
     let name: String = identity
@@ -328,12 +339,13 @@ impl Shell {
         let mine = holder == self.identity;
         let expired = holder.is_empty() || changed_at.elapsed() > duration;
         if mine || expired {
+            let annotations = lease.metadata.annotations.get_or_insert_with(BTreeMap::new);
+            // Replicas come and go with every rollout: the holder drops reports gone stale, so
+            // the Lease never grows toward the annotation size limit.
+            let stale = now().unix_timestamp() - STALE_REPORTS * duration.as_secs() as i64;
+            annotations.retain(|k, v| !k.starts_with(REPORT_PREFIX) || report_seen(v) >= stale);
             if let Some(r) = report {
-                lease
-                    .metadata
-                    .annotations
-                    .get_or_insert_with(BTreeMap::new)
-                    .insert(report_key(&self.identity), r);
+                annotations.insert(report_key(&self.identity), r);
             }
             let spec = lease.spec.get_or_insert_with(Default::default);
             if !mine {
@@ -378,10 +390,8 @@ impl Shell {
             .unwrap_or_default()
             .into_iter()
             .filter(|(k, _)| k.starts_with(REPORT_PREFIX))
-            .filter_map(|(_, v)| {
-                let (serial, seen) = v.split_once(' ')?;
-                (seen.parse::<i64>().ok()? >= fresh).then(|| serial.to_string())
-            })
+            .filter(|(_, v)| report_seen(v) >= fresh)
+            .filter_map(|(_, v)| v.split_once(' ').map(|(serial, _)| serial.to_string()))
             .collect())
     }
 
@@ -698,6 +708,13 @@ mod tests {
         assert!(duration("90").is_err());
         assert!(duration("1w").is_err());
         assert!(duration("s").is_err());
+    }
+
+    #[test]
+    fn report_times_are_read_or_zero() {
+        assert_eq!(report_seen("ab:cd 1700000000"), 1_700_000_000);
+        assert_eq!(report_seen("ab:cd"), 0);
+        assert_eq!(report_seen("ab:cd soon"), 0);
     }
 
     #[test]

@@ -630,6 +630,9 @@ fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
+        // One buffer per answer, as before the connection's I/O passed vectored writes
+        // through (for HTTP/2): head and body then go out as one TLS record.
+        .writev(false)
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES);

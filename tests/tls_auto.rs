@@ -376,6 +376,19 @@ fn a_bare_cluster_two_replicas_starting_together_make_one_ca() {
         assert_eq!(keys, [".", "f:clientConfig", "f:name"], "{hook}");
         assert_eq!(hook["f:clientConfig"], json!({"f:caBundle": {}}), "{hook}");
     }
+    // A replica gone long ago (its report stale) is dropped from the Lease by the holder.
+    c.ok(&[
+        "-n",
+        NS,
+        "annotate",
+        &format!("lease/{LEASE}"),
+        "serving.sidecar-injector.io/gone=ab:cd 1000",
+    ]);
+    wait_for(
+        "the stale report to be dropped",
+        Duration::from_secs(10),
+        || !lease(c).1.contains_key("gone"),
+    );
     no_forbidden(&[&r1, &r2]);
     report(
         "bare cluster, two replicas at once",
