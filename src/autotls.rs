@@ -603,11 +603,6 @@ pub async fn spawn(
     store: Arc<CertStore>,
     state: Arc<AppState>,
 ) -> Result<(), AutoTlsError> {
-    if args.rotation_grace * 2 >= args.ca_renew_before {
-        return Err(AutoTlsError::Settings(
-            "--ca-renew-before must exceed twice --rotation-grace (a CA rotation takes two grace periods)".into(),
-        ));
-    }
     let client = client(&args).await?;
     let namespace = args
         .tls_auto_namespace
@@ -637,6 +632,7 @@ pub async fn spawn(
         cert_renew_before: args.cert_renew_before,
         grace: args.rotation_grace,
     };
+    settings.check().map_err(AutoTlsError::Settings)?;
     state.set_trusted(false);
     let wake = Arc::new(Notify::new());
     let shell = Shell {

@@ -40,6 +40,23 @@ pub struct Settings {
     pub grace: Duration,
 }
 
+impl Settings {
+    /// Lifetimes that `plan` can keep: a renewal threshold below its validity (else every
+    /// reconcile would reissue), and room for a CA rotation's two grace periods.
+    pub fn check(&self) -> Result<(), String> {
+        if self.cert_renew_before >= self.cert_validity {
+            return Err("--cert-renew-before must be less than --cert-validity".into());
+        }
+        if self.ca_renew_before >= self.ca_validity {
+            return Err("--ca-renew-before must be less than --ca-validity".into());
+        }
+        if self.grace * 2 >= self.ca_renew_before {
+            return Err("--ca-renew-before must exceed twice --rotation-grace (a CA rotation takes two grace periods)".into());
+        }
+        Ok(())
+    }
+}
+
 /// One CA certificate; `key` only for the CAs that still sign (the current one and `next`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ca {
@@ -534,6 +551,19 @@ mod tests {
             Step::Write(m, _) => *m,
             other => panic!("expected a write, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn lifetimes_that_would_loop_or_not_fit_a_rotation_are_refused() {
+        assert_eq!(settings().check(), Ok(()));
+        let with = |f: fn(&mut Settings)| {
+            let mut s = settings();
+            f(&mut s);
+            s.check()
+        };
+        assert!(with(|s| s.cert_renew_before = s.cert_validity).is_err());
+        assert!(with(|s| s.ca_renew_before = s.ca_validity).is_err());
+        assert!(with(|s| s.grace = s.ca_renew_before / 2).is_err());
     }
 
     #[test]
