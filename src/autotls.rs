@@ -582,20 +582,6 @@ where
     });
 }
 
-async fn client(args: &AutoTlsArgs) -> Result<kube::Client, AutoTlsError> {
-    let no = |e: String| AutoTlsError::NoCluster(e);
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let file = kube::config::Kubeconfig::read_from(path).map_err(|e| no(e.to_string()))?;
-            kube::Config::from_custom_kubeconfig(file, &Default::default())
-                .await
-                .map_err(|e| no(e.to_string()))?
-        }
-        None => kube::Config::infer().await.map_err(|e| no(e.to_string()))?,
-    };
-    kube::Client::try_from(config).map_err(|e| no(e.to_string()))
-}
-
 /// Starts managing the certificate in the background: the webhook serves `store`, and
 /// `state` is not ready until the caBundle trusts what it serves.
 pub async fn spawn(
@@ -603,7 +589,9 @@ pub async fn spawn(
     store: Arc<CertStore>,
     state: Arc<AppState>,
 ) -> Result<(), AutoTlsError> {
-    let client = client(&args).await?;
+    let client = crate::kubeapi::connect(args.kubeconfig.as_deref(), None)
+        .await
+        .map_err(AutoTlsError::NoCluster)?;
     let namespace = args
         .tls_auto_namespace
         .clone()

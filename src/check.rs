@@ -638,30 +638,6 @@ fn in_namespace(ns: &str) -> String {
     format!(" in namespace {ns}")
 }
 
-async fn client(args: &CheckArgs) -> Result<kube::Client, CheckError> {
-    use kube::config::{KubeConfigOptions, Kubeconfig};
-    let options = KubeConfigOptions {
-        context: args.context.clone(),
-        ..Default::default()
-    };
-    let config = match (&args.kubeconfig, &args.context) {
-        (Some(path), _) => {
-            let file =
-                Kubeconfig::read_from(path).map_err(|e| CheckError::NoCluster(e.to_string()))?;
-            kube::Config::from_custom_kubeconfig(file, &options)
-                .await
-                .map_err(|e| CheckError::NoCluster(e.to_string()))?
-        }
-        (None, Some(_)) => kube::Config::from_kubeconfig(&options)
-            .await
-            .map_err(|e| CheckError::NoCluster(e.to_string()))?,
-        (None, None) => kube::Config::infer()
-            .await
-            .map_err(|e| CheckError::NoCluster(e.to_string()))?,
-    };
-    kube::Client::try_from(config).map_err(|e| CheckError::NoCluster(e.to_string()))
-}
-
 /// The injection config the server uses: `--config` if given, else the deployed ConfigMap,
 /// else (with a warning) the embedded default.
 async fn injection_config(
@@ -881,7 +857,9 @@ async fn namespace(client: &kube::Client, name: &str) -> Result<Option<Namespace
 
 /// Checks what `args` names against the cluster; the findings, in order.
 pub async fn run(args: &CheckArgs, config_path: Option<&Path>) -> Result<Vec<Finding>, CheckError> {
-    let client = client(args).await?;
+    let client = crate::kubeapi::connect(args.kubeconfig.as_deref(), args.context.as_deref())
+        .await
+        .map_err(CheckError::NoCluster)?;
     let configurations: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
     let configuration = configurations
         .get_opt(&args.webhook_config)

@@ -1,8 +1,9 @@
 //! sidecar-injector: a Kubernetes mutating admission webhook that injects sidecars.
 //!
 //! The pure core (`inject`, `podsecurity`, `admission`, `manifest`, `config`, `yaml`,
-//! `selection`, `check::evaluate`) does no I/O; the server (`server`, `state`, `limits`, `tls`,
-//! `reload`, `metrics`), the CLI (`cli`) and `check::run` are thin shells around it.
+//! `selection`, `check::evaluate`, `rotation`) does no I/O; the server (`server`, `state`,
+//! `limits`, `tls`, `reload`, `metrics`, `autotls`), the CLI (`cli`), `check::run` and
+//! `kubeapi` are thin shells around it.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -12,6 +13,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod inject;
+pub mod kubeapi;
 pub mod limits;
 pub mod manifest;
 pub mod metrics;
