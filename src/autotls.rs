@@ -157,6 +157,14 @@ struct Shell {
     wake: Arc<Notify>,
 }
 
+/// The webhook configuration as read: every webhook's caBundle (in order), the webhooks'
+/// names, and the version a write must match.
+struct Configuration {
+    bundles: Vec<String>,
+    hooks: Vec<String>,
+    resource_version: Option<String>,
+}
+
 /// The Secret as read: its material (or why not), and what a write must know.
 struct Observed {
     material: Result<Material, Unusable>,
@@ -250,8 +258,8 @@ impl Shell {
         }
     }
 
-    /// Every webhook's caBundle, and the webhooks' names (`None`: no configuration).
-    async fn read_bundles(&self) -> kube::Result<Option<(Vec<String>, Vec<String>)>> {
+    /// The webhook configuration's bundles as read (`None`: it does not exist).
+    async fn read_configuration(&self) -> kube::Result<Option<Configuration>> {
         let Some(c) = self
             .configurations
             .get_opt(&self.args.tls_auto_webhook_config)
@@ -270,7 +278,11 @@ impl Shell {
                     .unwrap_or_default()
             })
             .collect();
-        Ok(Some((bundles, hooks.into_iter().map(|h| h.name).collect())))
+        Ok(Some(Configuration {
+            bundles,
+            hooks: hooks.into_iter().map(|h| h.name).collect(),
+            resource_version: c.metadata.resource_version,
+        }))
     }
 
     fn note_trust(&self, memory: &mut Memory, bundles: Option<&[String]>) {
@@ -439,15 +451,21 @@ impl Shell {
         Ok(())
     }
 
-    async fn apply_bundle(&self, hooks: &[String], bundle: &str) -> kube::Result<()> {
-        let webhooks: Vec<_> = hooks
+    /// Sets every webhook's caBundle by server-side apply, on the version read: a
+    /// configuration changed since (by anyone) fails with 409 and is read again.
+    async fn apply_bundle(&self, configuration: &Configuration, bundle: &str) -> kube::Result<()> {
+        let webhooks: Vec<_> = configuration
+            .hooks
             .iter()
             .map(|name| json!({"name": name, "clientConfig": {"caBundle": ByteString(bundle.as_bytes().to_vec())}}))
             .collect();
         let patch = json!({
             "apiVersion": "admissionregistration.k8s.io/v1",
             "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": self.args.tls_auto_webhook_config},
+            "metadata": {
+                "name": self.args.tls_auto_webhook_config,
+                "resourceVersion": configuration.resource_version,
+            },
             "webhooks": webhooks,
         });
         self.configurations
@@ -467,10 +485,10 @@ impl Shell {
             self.load(memory, m);
         }
         let configuration = self
-            .read_bundles()
+            .read_configuration()
             .await
             .map_err(|e| ("configuration", e))?;
-        let bundles = configuration.as_ref().map(|(b, _)| b.as_slice());
+        let bundles = configuration.as_ref().map(|c| c.bundles.as_slice());
         self.note_trust(memory, bundles);
         if configuration.is_none() && !memory.warned_missing {
             tracing::warn!(name = %self.args.tls_auto_webhook_config, "tls-auto: the MutatingWebhookConfiguration does not exist (uninstalled?): it is not recreated, and this replica is not ready");
@@ -546,11 +564,14 @@ impl Shell {
                 Ok(true)
             }
             Step::Bundle(bundle) => {
-                let hooks = configuration.map(|(_, h)| h).unwrap_or_default();
-                self.apply_bundle(&hooks, &bundle)
+                // `plan` asks for a bundle only when it has read a configuration.
+                let Some(configuration) = configuration else {
+                    return Ok(false);
+                };
+                self.apply_bundle(&configuration, &bundle)
                     .await
                     .map_err(|e| ("cabundle", e))?;
-                tracing::info!(configuration = %self.args.tls_auto_webhook_config, webhooks = hooks.len(), "tls-auto: set the caBundle");
+                tracing::info!(configuration = %self.args.tls_auto_webhook_config, webhooks = configuration.hooks.len(), "tls-auto: set the caBundle");
                 self.state.metrics.tls_auto_wrote("bundle");
                 Ok(true)
             }
