@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::config::{Config, Named, Share, Sidecar};
 use crate::pod::{PodView, Spec, StrMap};
-use crate::podsecurity::{container_level, Level};
+use crate::podsecurity::Level;
 
 pub const INJECT_KEY: &str = "sidecar-injector.io/inject";
 pub const PROFILES_KEY: &str = "sidecar-injector.io/profiles";
@@ -337,13 +337,14 @@ pub fn decide<'c>(pod: &PodView<'_>, policy: Policy, config: &'c Config) -> Deci
 type Denial = (Reason, u16, String);
 
 /// One warning when the injected sidecars lift the pod above Pod Security "restricted".
-fn pod_security_warning(sidecars: &[&Sidecar], native: bool, sharing: Share) -> Option<String> {
+fn pod_security_warning(sidecars: &[&Sidecar], sharing: Share) -> Option<String> {
     let level = sidecars
         .iter()
         .map(|c| match sharing {
             Share::Root => c.root_level,
-            Share::SameUid(uid) => container_level(&c.same_uid_json(native, uid)).0,
-            Share::No => c.level,
+            // SPEC: no warning for sharing the app's uid, even uid 0: the app already
+            // runs as that user, so the pod needs no level the app does not.
+            Share::SameUid(_) | Share::No => c.level,
         })
         .max()?;
     match (level, sharing) {
@@ -640,7 +641,7 @@ fn build_patch<'c>(
             value: Cow::Borrowed("true"),
         });
     }
-    let warnings = pod_security_warning(&add.sidecars, native, sharing)
+    let warnings = pod_security_warning(&add.sidecars, sharing)
         .into_iter()
         .collect();
 
@@ -703,6 +704,7 @@ fn plan<'c>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::podsecurity::container_level;
     use serde_json::json;
 
     fn config() -> &'static Config {
@@ -1028,15 +1030,14 @@ mod tests {
                 "no warning when the uid is shared"
             );
         }
-        // An app that runs as root: the sidecar too, which "restricted" rejects: say so.
+        // An app that runs as root: the sidecar too, with no capability; as the SPEC says, no
+        // warning (the app itself already needs what the shared uid needs).
         let pod = share_pod(json!({"runAsUser": 0}), None);
         let sc = &injected(&pod, Policy::Disabled)["spec"]["containers"][1]["securityContext"];
         assert_eq!(sc["runAsUser"], 0);
         assert_eq!(sc["runAsNonRoot"], false);
         assert!(sc["capabilities"].get("add").is_none());
-        let w = warnings(&pod);
-        assert_eq!(w.len(), 1);
-        assert!(w[0].contains("\"baseline\" level"), "{}", w[0]);
+        assert!(warnings(&pod).is_empty(), "{:?}", warnings(&pod));
     }
 
     #[test]
