@@ -312,8 +312,13 @@ impl Shell {
         memory.was_trusted = Some(trusted);
     }
 
-    /// Takes or renews the Lease, with this replica's report on it. Whether we hold it.
-    async fn lease(&self, memory: &mut Memory, serial: Option<&str>) -> kube::Result<bool> {
+    /// Takes or renews the Lease, with this replica's report on it. While this replica holds
+    /// it: every live replica's report, as written with the renewal (`None`: a follower).
+    async fn lease(
+        &self,
+        memory: &mut Memory,
+        serial: Option<&str>,
+    ) -> kube::Result<Option<Vec<String>>> {
         let name = &self.args.tls_auto_lease;
         let duration = self.args.lease_duration;
         let stamp = MicroTime(k8s_openapi::jiff::Timestamp::now());
@@ -334,9 +339,9 @@ impl Shell {
             return match self.leases.create(&PostParams::default(), &lease).await {
                 Ok(_) => {
                     memory.renewed = Some(Instant::now());
-                    Ok(true)
+                    Ok(Some(self.live_reports(&lease)))
                 }
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
                 Err(e) => Err(e),
             };
         };
@@ -376,10 +381,11 @@ impl Shell {
             {
                 Ok(_) => {
                     memory.renewed = Some(Instant::now());
-                    Ok(true)
+                    Ok(Some(self.live_reports(&lease)))
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {
-                    Ok(mine && memory.renewed.is_some_and(|r| r.elapsed() < duration))
+                    let held = mine && memory.renewed.is_some_and(|r| r.elapsed() < duration);
+                    Ok(held.then(|| self.live_reports(&lease)))
                 }
                 Err(e) => Err(e),
             };
@@ -390,21 +396,20 @@ impl Shell {
                 .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await?;
         }
-        Ok(false)
+        Ok(None)
     }
 
-    /// Every live replica's report (serial of the certificate it serves), from the Lease.
-    async fn reports(&self) -> kube::Result<Vec<String>> {
+    /// Every live replica's report on `lease` (the serial of the certificate it serves).
+    fn live_reports(&self, lease: &Lease) -> Vec<String> {
         let fresh = now().unix_timestamp() - 3 * self.args.lease_duration.as_secs() as i64;
-        let lease = self.leases.get_opt(&self.args.tls_auto_lease).await?;
-        Ok(lease
-            .and_then(|l| l.metadata.annotations)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(REPORT_PREFIX))
-            .filter(|(_, v)| report_seen(v) >= fresh)
+        lease
+            .metadata
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(k, v)| k.starts_with(REPORT_PREFIX) && report_seen(v) >= fresh)
             .filter_map(|(_, v)| v.split_once(' ').map(|(serial, _)| serial.to_string()))
-            .collect())
+            .collect()
     }
 
     async fn write_secret(&self, observed: &Observed, material: &Material) -> kube::Result<()> {
@@ -496,18 +501,19 @@ impl Shell {
         memory.warned_missing = configuration.is_none();
 
         let serial = memory.served.as_ref().map(|m| m.serial.clone());
-        let leader = self
+        let holding = self
             .lease(memory, serial.as_deref())
             .await
             .map_err(|e| ("lease", e))?;
+        let leader = holding.is_some();
         self.state.metrics.set_tls_auto_leader(leader);
         if leader != memory.was_leader {
             tracing::info!(identity = %self.identity, leader, "tls-auto: leadership changed");
             memory.was_leader = leader;
         }
-        if !leader {
+        let Some(reports) = holding else {
             return Ok(false);
-        }
+        };
 
         let wanted = observed.material.as_ref().ok().map(Material::bundle);
         let settled = |since: &mut Option<(String, Instant)>, key: Option<String>| match key {
@@ -527,7 +533,6 @@ impl Shell {
             .clone()
             .filter(|w| bundles.is_some_and(|b| !b.is_empty() && b.iter().all(|x| x == w)));
         let bundle_settled = settled(&mut memory.bundle_since, bundle_ok);
-        let reports = self.reports().await.map_err(|e| ("lease", e))?;
         let serving_ok = observed
             .material
             .as_ref()

@@ -97,11 +97,7 @@ pub struct Object<'a> {
 
 impl Object<'_> {
     fn name(&self) -> &str {
-        let meta = self.doc.get("metadata");
-        meta.and_then(|m| m.get("name"))
-            .or_else(|| meta.and_then(|m| m.get("generateName")))
-            .and_then(Value::as_str)
-            .unwrap_or("<unnamed>")
+        crate::manifest::display_name(self.doc)
     }
 
     fn label(&self) -> String {

@@ -36,14 +36,17 @@ pub(crate) fn template_pointer(kind: &str) -> Option<&'static str> {
     }
 }
 
-fn label(doc: &Value, kind: &str) -> String {
+/// A manifest's name for messages: its name, else its generateName.
+pub(crate) fn display_name(doc: &Value) -> &str {
     let meta = doc.get("metadata");
-    let name = meta
-        .and_then(|m| m.get("name"))
+    meta.and_then(|m| m.get("name"))
         .or_else(|| meta.and_then(|m| m.get("generateName")))
         .and_then(Value::as_str)
-        .unwrap_or("<unnamed>");
-    format!("{kind}/{name}")
+        .unwrap_or("<unnamed>")
+}
+
+fn label(doc: &Value, kind: &str) -> String {
+    format!("{kind}/{}", display_name(doc))
 }
 
 fn process(doc: &mut Value, policy: Policy, config: &Config, report: &mut Report) {

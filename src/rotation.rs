@@ -195,6 +195,8 @@ impl Material {
         let ca_pems = split_pems(CA_CRT, &text(CA_CRT)?)?;
         let ca_key = text(CA_KEY)?;
         let mut cas = Vec::new();
+        // The current CA's DER, to check that it signed tls.crt.
+        let mut signer = Vec::new();
         for (i, pem) in ca_pems.into_iter().enumerate() {
             let parsed = parse_cert(CA_CRT, &pem)?;
             cas.push(Ca {
@@ -202,6 +204,9 @@ impl Material {
                 key_pem: (i == 0).then(|| ca_key.clone()),
                 not_after: parsed.not_after,
             });
+            if i == 0 {
+                signer = parsed.der;
+            }
         }
         if !key_matches(&cas[0].cert_pem, &ca_key) {
             return Err(Unusable::KeyMismatch(CA_KEY));
@@ -231,8 +236,7 @@ impl Material {
         if !key_matches(&tls_crt, &tls_key) {
             return Err(Unusable::KeyMismatch(TLS_KEY));
         }
-        let ca = parse_cert(CA_CRT, &cas[0].cert_pem)?;
-        if !signed_by(&leaf.der, &ca.der) {
+        if !signed_by(&leaf.der, &signer) {
             return Err(Unusable::NotSigned);
         }
         if leaf.not_after <= now {

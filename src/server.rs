@@ -530,13 +530,15 @@ fn load(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<Startu
         origin.as_deref().unwrap_or("<embedded default config>"),
     );
 
-    let (cert_pem, key_pem, cert_source) = if args.auto.tls_auto {
-        // Until the Secret is read: a throwaway certificate no caBundle trusts (not ready).
+    // --tls-auto serves the same throwaway pair until it has read its Secret: no caBundle
+    // trusts it, so the replica is not ready meanwhile.
+    let (cert_pem, key_pem, cert_source) = if args.dev || args.auto.tls_auto {
         let (c, k) = crate::certs::dev_pair()?;
-        (c.into_bytes(), k.into_bytes(), None)
-    } else if args.dev {
-        let (c, k) = crate::certs::dev_pair()?;
-        tracing::info!("dev mode: in-memory self-signed certificate for localhost and 127.0.0.1");
+        if args.dev {
+            tracing::info!(
+                "dev mode: in-memory self-signed certificate for localhost and 127.0.0.1"
+            );
+        }
         (c.into_bytes(), k.into_bytes(), None)
     } else {
         let (Some(cert), Some(key)) = (&args.tls.tls_cert, &args.tls.tls_key) else {
