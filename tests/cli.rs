@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::*;
 use serde_json::Value;
 
@@ -222,22 +224,7 @@ fn config_flag_applies_to_offline_commands_and_bad_config_fails_with_line() {
 #[test]
 fn certs_writes_ca_cert_and_private_key() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run(
-        &[
-            "certs",
-            "--out",
-            dir.path().to_str().unwrap(),
-            "--dns",
-            "svc.ns.svc",
-            "127.0.0.1",
-        ],
-        b"",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    write_certs(Path::new(bin()), dir.path(), &["svc.ns.svc", "127.0.0.1"]);
     for f in ["ca.crt", "tls.crt", "tls.key"] {
         assert!(dir.path().join(f).exists(), "{f}");
     }
@@ -264,21 +251,7 @@ fn certs_leaves_an_older_world_readable_key_at_0600() {
     let key = dir.path().join("tls.key");
     std::fs::write(&key, "old").unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = run(
-        &[
-            "certs",
-            "--out",
-            dir.path().to_str().unwrap(),
-            "--dns",
-            "x.svc",
-        ],
-        b"",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    write_certs(Path::new(bin()), dir.path(), &["x.svc"]);
     let mode = std::fs::metadata(&key).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     assert!(std::fs::read_to_string(&key)

@@ -472,17 +472,7 @@ fn reinvocation_with_a_second_injector_injects_once() {
     )
     .unwrap();
     let certs = c.dir.join("second-certs");
-    let out = Command::new(&c.release)
-        .args([
-            "certs",
-            "--out",
-            certs.to_str().unwrap(),
-            "--dns",
-            "second.sidecar-injector.svc",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "certs: {}", stderr(&out));
+    common::write_certs(&c.release, &certs, &["second.sidecar-injector.svc"]);
     let file = |f: &str| certs.join(f).display().to_string();
     let second = Server::start_bin(
         &c.release,
@@ -500,7 +490,7 @@ fn reinvocation_with_a_second_injector_injects_once() {
         "spec": {"ports": [{"port": 443, "targetPort": 8443}]}}));
     let ip = c.service_ip("second");
     c.route(&ip, &second.addr);
-    let ca = base64_encode(&std::fs::read(certs.join("ca.crt")).unwrap());
+    let ca = common::b64(&std::fs::read(certs.join("ca.crt")).unwrap());
     c.apply_ok(&json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": "zz-second"},
         "webhooks": [{"name": "second.sidecar-injector.io", "admissionReviewVersions": ["v1"],
@@ -547,11 +537,6 @@ fn reinvocation_with_a_second_injector_injects_once() {
 
     c.ok(&["delete", "mutatingwebhookconfiguration", "zz-second"]);
     c.ok(&["-n", "sidecar-injector", "delete", "service", "second"]);
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// A pod create that the webhook configuration sends to us, in a fresh namespace.
@@ -649,15 +634,14 @@ fn certificate_rotation_with_an_overlapping_ca_bundle_fails_no_create() {
         &read(&c.overlay, "tls.key"),
     );
     let next = c.dir.join("rotation-next");
-    let out = Command::new(&c.release)
-        .args(["certs", "--out", next.to_str().unwrap(), "--dns"])
-        .args([
+    common::write_certs(
+        &c.release,
+        &next,
+        &[
             "sidecar-injector.sidecar-injector.svc",
             "sidecar-injector.sidecar-injector.svc.cluster.local",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "certs: {}", stderr(&out));
+        ],
+    );
     restart_webhook(&[
         "--tls-cert".into(),
         secret.join("tls.crt").display().to_string(),
@@ -667,7 +651,7 @@ fn certificate_rotation_with_an_overlapping_ca_bundle_fails_no_create() {
         "0.2".into(),
     ]);
     let set_bundle = |pem: &[u8]| {
-        let ca = base64_encode(pem);
+        let ca = common::b64(pem);
         let patch = json!([
             {"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": ca},
             {"op": "replace", "path": "/webhooks/1/clientConfig/caBundle", "value": ca}]);
@@ -863,7 +847,7 @@ fn every_kustomization_in_deploy_is_accepted_by_the_apiserver() {
         "json",
     ]))
     .unwrap();
-    let ca = base64_encode(&std::fs::read(c.overlay.join("ca.crt")).unwrap());
+    let ca = common::b64(&std::fs::read(c.overlay.join("ca.crt")).unwrap());
     for h in mwc["webhooks"].as_array().unwrap() {
         assert_eq!(
             h["clientConfig"]["caBundle"],

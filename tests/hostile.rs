@@ -46,17 +46,7 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
 impl Target {
     fn start() -> Target {
         let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new(release())
-            .args(["certs", "--out"])
-            .arg(dir.path())
-            .args(["--dns", "localhost"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::write_certs(&release(), dir.path(), &["localhost"]);
         let file = |f: &str| dir.path().join(f).display().to_string();
         let server = Server::start_bin(
             &release(),

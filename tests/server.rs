@@ -20,18 +20,7 @@ struct Certs {
 
 fn make_certs() -> Certs {
     let dir = tempfile::tempdir().unwrap();
-    let out = run(
-        &[
-            "certs",
-            "--out",
-            dir.path().to_str().unwrap(),
-            "--dns",
-            "localhost",
-            "127.0.0.1",
-        ],
-        b"",
-    );
-    assert!(out.status.success());
+    write_certs(Path::new(bin()), dir.path(), &["localhost", "127.0.0.1"]);
     Certs {
         path: dir.path().to_path_buf(),
         _dir: dir,

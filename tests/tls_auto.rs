@@ -113,11 +113,6 @@ fn b64decode(s: &str) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-fn b64(bytes: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
 /// Every webhook's caBundle, decoded (`None`: no configuration).
 fn bundles(c: &Cluster) -> Option<Vec<String>> {
     let out = c.kubectl(
@@ -431,7 +426,8 @@ fn a_lost_or_broken_secret_is_restored_without_an_outage() {
     let original = settled(c).unwrap();
     let other = day_long("other", time::OffsetDateTime::now_utc());
     let secret = |kind: &str, data: &BTreeMap<String, Vec<u8>>| {
-        let data: BTreeMap<&String, String> = data.iter().map(|(k, v)| (k, b64(v))).collect();
+        let data: BTreeMap<&String, String> =
+            data.iter().map(|(k, v)| (k, common::b64(v))).collect();
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": NS},
                "type": kind, "data": data})
     };
@@ -573,13 +569,13 @@ fn expired_material_at_start_is_replaced_before_ready() {
     let data: BTreeMap<String, String> = expired
         .to_secret_data()
         .into_iter()
-        .map(|(k, v)| (k, b64(&v)))
+        .map(|(k, v)| (k, common::b64(&v)))
         .collect();
     c.apply_ok(
         &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": NS},
         "type": SECRET_TYPE, "data": data}),
     );
-    let ca = b64(expired.bundle().as_bytes());
+    let ca = common::b64(expired.bundle().as_bytes());
     c.ok(&["patch", "mutatingwebhookconfiguration", CONFIGURATION, "--type=json", "-p",
         &format!(r#"[{{"op":"add","path":"/webhooks/0/clientConfig/caBundle","value":"{ca}"}},{{"op":"add","path":"/webhooks/1/clientConfig/caBundle","value":"{ca}"}}]"#)]);
     let started = Instant::now();

@@ -21,6 +21,27 @@ pub fn fixture(rel: &str) -> PathBuf {
         .join(rel)
 }
 
+/// `exe certs --out DIR --dns NAMES...`, which must succeed.
+pub fn write_certs(exe: &Path, dir: &Path, dns: &[&str]) {
+    let out = Command::new(exe)
+        .args(["certs", "--out"])
+        .arg(dir)
+        .arg("--dns")
+        .args(dns)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "certs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Standard base64, as Kubernetes writes bytes in JSON.
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 /// Runs the binary with `args` and `stdin`.
 pub fn run(args: &[&str], stdin: &[u8]) -> Output {
     use std::io::Write;
