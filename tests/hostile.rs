@@ -160,14 +160,6 @@ impl Drop for Target {
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// An opted-in pod CREATE with `n` tiny app containers: every one gets a mount in the patch.
 fn review_with_containers(n: usize) -> Vec<u8> {
     let containers: Vec<Value> = (0..n).map(|i| json!({"name": format!("c{i}")})).collect();
@@ -191,7 +183,7 @@ fn amplification_a_4_mib_pod_of_tiny_containers_is_denied_not_rendered() {
     let target = Target::start();
     let body = review_with_containers(containers_for(4 * 1024 * 1024 - 4096));
     assert!(body.len() <= 4 << 20, "{}", body.len());
-    rt().block_on(async {
+    common::rt().block_on(async {
         let mut attacks = Vec::new();
         for h2 in [true, true, true, true, false, false] {
             let (client, url, body) = (target.client(h2), target.url(), body.clone());
@@ -236,7 +228,7 @@ fn unread_answers_over_http2_lose_their_connection_and_memory() {
     let target = Target::start();
     // An answer of about 800 KB, which a client with a zero receive window never takes.
     let body = bytes::Bytes::from(review_with_containers(5000));
-    rt().block_on(async {
+    common::rt().block_on(async {
         let tls = target.tls(b"h2").await;
         let (client, connection) = h2::client::Builder::new()
             .initial_window_size(0)
@@ -290,7 +282,7 @@ fn unread_answers_over_http11_lose_their_connection() {
         body,
     ]
     .concat();
-    rt().block_on(async {
+    common::rt().block_on(async {
         let mut conns = Vec::new();
         for _ in 0..4 {
             let mut tls = target.tls(b"http/1.1").await;
@@ -334,7 +326,7 @@ fn unread_answers_over_http11_lose_their_connection() {
 #[test]
 fn never_ending_bodies_do_not_starve_a_neighbor_or_the_memory() {
     let target = Target::start();
-    rt().block_on(async {
+    common::rt().block_on(async {
         let mut attackers = Vec::new();
         // Three HTTP/2 connections of 40 streams, and 20 HTTP/1.1 connections (one body each,
         // no shared flow-control window to slow them down).
@@ -382,7 +374,7 @@ fn never_ending_bodies_do_not_starve_a_neighbor_or_the_memory() {
 #[test]
 fn silent_connections_are_closed_on_both_ports() {
     let target = Target::start();
-    rt().block_on(async {
+    common::rt().block_on(async {
         let mut silent = Vec::new();
         for _ in 0..100 {
             silent.push(target.tls(b"h2").await);

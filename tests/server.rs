@@ -27,14 +27,6 @@ fn make_certs() -> Certs {
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 async fn post(
     c: &reqwest::Client,
     url: &str,

@@ -37,6 +37,15 @@ pub fn write_certs(exe: &Path, dir: &Path, dns: &[&str]) {
     );
 }
 
+/// A two-worker runtime for the tests' async clients.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Standard base64, as Kubernetes writes bytes in JSON.
 pub fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
