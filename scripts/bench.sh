@@ -20,7 +20,9 @@ mkdir -p "$out"
 
 command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 (cd "$root" && cargo build --release --locked --quiet)
-CARGO_TARGET_DIR=$root/target/ceiling cargo build --release --quiet --manifest-path "$bench/ceiling/Cargo.toml"
+# From its own folder, so that this project's .cargo/config.toml (allocator and linker flags)
+# does not apply: the yardstick is built as it is shipped.
+(cd "$bench/ceiling" && CARGO_TARGET_DIR=$root/target/ceiling cargo build --release --quiet)
 ours=$root/target/release/sidecar-injector
 ceiling=$root/target/ceiling/release/ceiling
 bash "$bench/gen-cert.sh" "$out/certs" >/dev/null

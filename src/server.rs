@@ -357,15 +357,14 @@ struct Escaped<'a>(&'a str);
 
 impl std::fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::fmt::Write;
-        for c in self.0.chars() {
-            if c.is_control() {
-                write!(f, "{}", c.escape_default())?;
-            } else {
-                f.write_char(c)?;
-            }
+        // Runs between control characters go out whole: one call each, not one per char.
+        let mut rest = self.0;
+        while let Some((at, c)) = rest.char_indices().find(|(_, c)| c.is_control()) {
+            f.write_str(&rest[..at])?;
+            write!(f, "{}", c.escape_default())?;
+            rest = &rest[at + c.len_utf8()..];
         }
-        Ok(())
+        f.write_str(rest)
     }
 }
 
@@ -862,6 +861,12 @@ mod tests {
             "uid\\nFORGED line\\u{1b}[31m\\t"
         );
         assert_eq!(Escaped("pod-é").to_string(), "pod-é");
+        // Two-byte controls (NEL), controls in a row, at either end.
+        assert_eq!(
+            Escaped("\u{85}a\n\nb\u{7f}").to_string(),
+            "\\u{85}a\\n\\nb\\u{7f}"
+        );
+        assert_eq!(Escaped("").to_string(), "");
     }
 
     #[test]
