@@ -1,5 +1,6 @@
 //! Certificate generation: a CA and a serving certificate for `certs`, and the in-memory
-//! self-signed pair of `serve --dev`.
+//! self-signed pair of `serve --dev`; the same CA and serving-certificate parameters are what
+//! `rotation` issues for `serve --tls-auto`.
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
@@ -18,7 +19,31 @@ pub struct Generated {
     pub key_pem: String,
 }
 
-fn serving_params(names: &[String], days: i64) -> Result<CertificateParams, CertError> {
+/// A CA's parameters: signs certificates, none below it; valid from an hour before `now` (a
+/// node whose clock is behind still accepts it) until `not_after`.
+pub(crate) fn ca_params(
+    common_name: &str,
+    now: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams, CertError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = now - Duration::hours(1);
+    params.not_after = not_after;
+    Ok(params)
+}
+
+/// A serving certificate's parameters for `names` (DNS names or IP addresses), named after
+/// the first; valid from an hour before `now` until `not_after`.
+pub(crate) fn serving_params(
+    names: &[String],
+    now: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<CertificateParams, CertError> {
     let mut params = CertificateParams::new(names.to_vec())?;
     let mut dn = DistinguishedName::new();
     dn.push(
@@ -31,28 +56,20 @@ fn serving_params(names: &[String], days: i64) -> Result<CertificateParams, Cert
         KeyUsagePurpose::KeyEncipherment,
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::hours(1);
-    params.not_after = now + Duration::days(days);
+    params.not_after = not_after;
     Ok(params)
 }
 
 /// A CA (valid 10 years) and a serving certificate for `names` (DNS names or IP addresses,
 /// valid 1 year) signed by it.
 pub fn generate(names: &[String]) -> Result<Generated, CertError> {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "sidecar-injector CA");
-    ca_params.distinguished_name = dn;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let now = OffsetDateTime::now_utc();
-    ca_params.not_before = now - Duration::hours(1);
-    ca_params.not_after = now + Duration::days(3650);
+    let ca_params = ca_params("sidecar-injector CA", now, now + Duration::days(3650))?;
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
 
     let key = KeyPair::generate()?;
-    let cert = serving_params(names, 365)?.signed_by(&key, &ca)?;
+    let cert = serving_params(names, now, now + Duration::days(365))?.signed_by(&key, &ca)?;
     Ok(Generated {
         ca_pem: ca.pem(),
         cert_pem: cert.pem(),
@@ -64,7 +81,8 @@ pub fn generate(names: &[String]) -> Result<Generated, CertError> {
 pub fn dev_pair() -> Result<(String, String), CertError> {
     let key = KeyPair::generate()?;
     let names = ["localhost".to_string(), "127.0.0.1".to_string()];
-    let cert = serving_params(&names, 30)?.self_signed(&key)?;
+    let now = OffsetDateTime::now_utc();
+    let cert = serving_params(&names, now, now + Duration::days(30))?.self_signed(&key)?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 

@@ -11,11 +11,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
+use rcgen::{CertifiedIssuer, Issuer, KeyPair};
 use time::OffsetDateTime;
+
+use crate::certs::{ca_params, serving_params, CertError};
 
 /// The Secret's type: `tls.crt`/`tls.key` as every tool expects, plus our keys.
 pub const SECRET_TYPE: &str = "kubernetes.io/tls";
@@ -98,10 +97,6 @@ pub enum Unusable {
     #[error("{0} has expired")]
     Expired(&'static str),
 }
-
-#[derive(Debug, thiserror::Error)]
-#[error("certificate generation failed: {0}")]
-pub struct GenerateError(#[from] rcgen::Error);
 
 struct Parsed {
     not_after: i64,
@@ -280,36 +275,21 @@ impl Material {
     }
 
     /// Fresh material: a new CA and a serving certificate from it.
-    pub fn generate(settings: &Settings, now: OffsetDateTime) -> Result<Material, GenerateError> {
+    pub fn generate(settings: &Settings, now: OffsetDateTime) -> Result<Material, CertError> {
         let ca = new_ca(settings, now)?;
         issue(vec![ca], None, settings, now)
     }
 
-    fn reissued(
-        &self,
-        settings: &Settings,
-        now: OffsetDateTime,
-    ) -> Result<Material, GenerateError> {
+    fn reissued(&self, settings: &Settings, now: OffsetDateTime) -> Result<Material, CertError> {
         issue(self.cas.clone(), self.next.clone(), settings, now)
     }
 }
 
-fn new_ca(settings: &Settings, now: OffsetDateTime) -> Result<Ca, GenerateError> {
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    let mut dn = DistinguishedName::new();
+fn new_ca(settings: &Settings, now: OffsetDateTime) -> Result<Ca, CertError> {
     // A name of its own, so that two CAs in one bundle are told apart.
-    dn.push(
-        DnType::CommonName,
-        format!("sidecar-injector CA {}", now.unix_timestamp_nanos()),
-    );
-    params.distinguished_name = dn;
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    // An hour back: a node whose clock is behind still accepts it.
-    params.not_before = now - time::Duration::hours(1);
-    params.not_after = now + settings.ca_validity;
-    let key = KeyPair::generate()?;
-    let ca = CertifiedIssuer::self_signed(params, key)?;
+    let name = format!("sidecar-injector CA {}", now.unix_timestamp_nanos());
+    let params = ca_params(&name, now, now + settings.ca_validity)?;
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
     Ok(Ca {
         cert_pem: ca.pem(),
         key_pem: Some(ca.key().serialize_pem()),
@@ -323,32 +303,16 @@ fn issue(
     next: Option<Ca>,
     settings: &Settings,
     now: OffsetDateTime,
-) -> Result<Material, GenerateError> {
+) -> Result<Material, CertError> {
     let ca = &cas[0];
     let ca_key = KeyPair::from_pem(ca.key_pem.as_deref().unwrap_or_default())?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
-    let mut params = CertificateParams::new(settings.dns.clone())?;
-    let mut dn = DistinguishedName::new();
-    dn.push(
-        DnType::CommonName,
-        settings
-            .dns
-            .first()
-            .map_or("sidecar-injector", String::as_str),
-    );
-    params.distinguished_name = dn;
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.not_before = now - time::Duration::hours(1);
     let not_after = (now + settings.cert_validity)
         .unix_timestamp()
         .min(ca.not_after);
-    params.not_after = OffsetDateTime::from_unix_timestamp(not_after).unwrap_or(now);
+    let not_after_time = OffsetDateTime::from_unix_timestamp(not_after).unwrap_or(now);
     let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
+    let cert = serving_params(&settings.dns, now, not_after_time)?.signed_by(&key, &issuer)?;
     let parsed =
         parse_cert(TLS_CRT, &cert.pem()).map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
     Ok(Material {
@@ -434,7 +398,7 @@ fn secs_left(until: i64, now: OffsetDateTime) -> i64 {
 }
 
 /// What the leader does next.
-pub fn plan(view: &View, settings: &Settings) -> Result<Step, GenerateError> {
+pub fn plan(view: &View, settings: &Settings) -> Result<Step, CertError> {
     let now = view.now;
     let m = match view.secret {
         Ok(m) => m,
