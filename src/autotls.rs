@@ -126,7 +126,8 @@ pub enum AutoTlsError {
     Settings(String),
 }
 
-/// What this replica remembers between reconciles.
+/// What this replica remembers between reconciles (at start: nothing).
+#[derive(Default)]
 struct Memory {
     /// The material it serves, once loaded from a usable Secret.
     served: Option<Material>,
@@ -239,22 +240,12 @@ impl Shell {
         {
             return;
         }
-        match crate::tls::load_pair(material.tls_crt.as_bytes(), material.tls_key.as_bytes()) {
-            Ok(loaded) => {
-                crate::reload::note_certificate(&loaded, &self.state);
-                self.store.set(loaded.key);
-                self.state
-                    .metrics
-                    .reloaded(crate::metrics::ReloadKind::Certificate, true);
-                tracing::info!(serial = %material.serial, not_after = material.tls_not_after, "tls-auto: serving the certificate from the Secret");
-                memory.served = Some(material.clone());
-            }
-            Err(error) => {
-                self.state
-                    .metrics
-                    .reloaded(crate::metrics::ReloadKind::Certificate, false);
-                tracing::error!(%error, "tls-auto: the Secret's certificate does not load");
-            }
+        let loaded =
+            crate::tls::load_pair(material.tls_crt.as_bytes(), material.tls_key.as_bytes())
+                .map_err(|e| e.to_string());
+        if crate::reload::apply_cert(loaded, &self.state, &self.store) {
+            tracing::info!(serial = %material.serial, "tls-auto: serving the certificate from the Secret");
+            memory.served = Some(material.clone());
         }
     }
 
@@ -676,16 +667,7 @@ pub async fn spawn(
         .min(shell.args.rotation_grace / 4)
         .clamp(Duration::from_millis(200), Duration::from_secs(5));
     tokio::spawn(async move {
-        let mut memory = Memory {
-            served: None,
-            lease_seen: None,
-            renewed: None,
-            bundle_since: None,
-            serving_since: None,
-            was_leader: false,
-            was_trusted: None,
-            warned_missing: false,
-        };
+        let mut memory = Memory::default();
         loop {
             let again = match shell.reconcile(&mut memory).await {
                 Ok(again) => again,

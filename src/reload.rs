@@ -126,17 +126,25 @@ async fn settle_pair(
     }
 }
 
-fn apply_cert(loaded: Result<Loaded, String>, state: &AppState, store: &CertStore) {
+/// Puts a loaded certificate in force, or keeps the current one: counted and logged either
+/// way (files here, the Secret for `--tls-auto`). Whether it is now in force.
+pub(crate) fn apply_cert(
+    loaded: Result<Loaded, String>,
+    state: &AppState,
+    store: &CertStore,
+) -> bool {
     match loaded {
         Ok(l) => {
             note_certificate(&l, state);
             store.set(l.key);
             state.metrics.reloaded(ReloadKind::Certificate, true);
             tracing::info!(not_after = l.not_after, "certificate reloaded");
+            true
         }
         Err(error) => {
             state.metrics.reloaded(ReloadKind::Certificate, false);
             tracing::warn!(%error, "certificate reload failed; the current certificate stays in force");
+            false
         }
     }
 }
