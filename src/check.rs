@@ -170,6 +170,16 @@ fn container_names(pod: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The injector's namespace: that of the first webhook that calls a Service.
+fn service_namespace(configuration: &MutatingWebhookConfiguration) -> Option<&str> {
+    configuration.webhooks.iter().flatten().find_map(|h| {
+        h.client_config
+            .service
+            .as_ref()
+            .map(|s| s.namespace.as_str())
+    })
+}
+
 /// What `review` says about a CREATE of `pod`, and the containers its patch adds.
 struct Reviewed {
     outcome: Outcome,
@@ -348,12 +358,7 @@ pub fn evaluate(
     }
     let config_name = configuration.metadata.name.as_deref().unwrap_or_default();
     let hooks = configuration.webhooks.as_deref().unwrap_or_default();
-    let service_ns = hooks.iter().find_map(|h| {
-        h.client_config
-            .service
-            .as_ref()
-            .map(|s| s.namespace.as_str())
-    });
+    let service_ns = service_namespace(configuration);
     let mut skips: Vec<(u8, &'static str, String)> = Vec::new();
     let mut unchanged: Option<(String, Reviewed)> = None;
     for hook in hooks {
@@ -644,13 +649,7 @@ async fn injection_config(
     if path.is_some() {
         return Config::load(path).map_err(|e| CheckError::Input(e.to_string()));
     }
-    let service_ns = configuration.webhooks.iter().flatten().find_map(|h| {
-        h.client_config
-            .service
-            .as_ref()
-            .map(|s| s.namespace.clone())
-    });
-    let from_cluster = match &service_ns {
+    let from_cluster = match service_namespace(configuration) {
         Some(ns) => {
             let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
                 kube::Api::namespaced(client.clone(), ns);
