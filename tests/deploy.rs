@@ -11,10 +11,6 @@ use std::process::Command;
 use common::*;
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn read_yaml(bytes: &[u8]) -> Vec<Value> {
     sidecar_injector::yaml::read_documents(std::str::from_utf8(bytes).unwrap()).unwrap()
 }
@@ -60,17 +56,7 @@ fn find<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 fn selfsigned_overlay() -> (tempfile::TempDir, Vec<Value>) {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new("bash")
-        .arg(root().join("scripts/selfsigned-overlay.sh"))
-        .arg(dir.path())
-        .env("BIN", bin())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::selfsigned_overlay(Path::new(bin()), dir.path());
     let objects = kustomize(dir.path());
     (dir, objects)
 }

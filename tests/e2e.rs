@@ -19,7 +19,8 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::cluster::{root, wait_for, Cluster};
+use common::cluster::{wait_for, Cluster};
+use common::root;
 use common::server::Server;
 use serde_json::{json, Value};
 
@@ -32,17 +33,7 @@ fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         let mut c = Cluster::from_env();
         // The self-signed overlay as `make certs` writes it, applied for real.
-        let out = Command::new("bash")
-            .arg(root().join("scripts/selfsigned-overlay.sh"))
-            .arg(&c.overlay)
-            .env("BIN", &c.release)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "selfsigned-overlay.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::selfsigned_overlay(&c.release, &c.overlay);
         c.ok(&["apply", "-k", c.overlay.to_str().unwrap()]);
         c.service_ip = c.service_ip("sidecar-injector");
         c

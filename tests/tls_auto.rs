@@ -38,7 +38,7 @@ fn auto() -> &'static Auto {
         c.ok(&[
             "apply",
             "-k",
-            common::cluster::root().join("deploy").to_str().unwrap(),
+            common::root().join("deploy").to_str().unwrap(),
         ]);
         c.service_ip = c.service_ip("sidecar-injector");
         c.namespace(LOOP_NS, json!({}));
@@ -58,7 +58,7 @@ fn scenario() -> (MutexGuard<'static, ()>, &'static Auto) {
     a.c.ok(&[
         "apply",
         "-k",
-        common::cluster::root().join("deploy").to_str().unwrap(),
+        common::root().join("deploy").to_str().unwrap(),
     ]);
     (turn, a)
 }
@@ -272,7 +272,7 @@ fn metric(s: &Server, series: &str) -> f64 {
 }
 
 fn report(name: &str, text: String) {
-    let dir = common::cluster::root().join("target/e2e");
+    let dir = common::root().join("target/e2e");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("tls-auto.md");
     let mut all = std::fs::read_to_string(&path).unwrap_or_default();
@@ -633,7 +633,7 @@ fn an_uninstalled_configuration_is_not_recreated() {
     c.ok(&[
         "apply",
         "-k",
-        common::cluster::root().join("deploy").to_str().unwrap(),
+        common::root().join("deploy").to_str().unwrap(),
     ]);
     wait_for("ready again", Duration::from_secs(10), || {
         ready(&r1) && ready(&r2)

@@ -3,11 +3,13 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use super::root;
 
 pub struct Cluster {
     pub kubectl: PathBuf,
@@ -22,10 +24,6 @@ pub struct Cluster {
     /// The ClusterIP of the webhook's Service, once the suite has applied it.
     pub service_ip: String,
     pub apiserver: String,
-}
-
-pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
 impl Cluster {

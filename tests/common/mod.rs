@@ -15,10 +15,29 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sidecar-injector")
 }
 
-pub fn fixture(rel: &str) -> PathBuf {
+/// The project's folder.
+pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(rel)
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    root().join("tests/fixtures").join(rel)
+}
+
+/// `scripts/selfsigned-overlay.sh DIR` with `exe` as the binary, as `make certs` runs it;
+/// it must succeed.
+pub fn selfsigned_overlay(exe: &Path, dir: &Path) {
+    let out = Command::new("bash")
+        .arg(root().join("scripts/selfsigned-overlay.sh"))
+        .arg(dir)
+        .env("BIN", exe)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "selfsigned-overlay.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `exe certs --out DIR --dns NAMES...`, which must succeed.
