@@ -7,6 +7,8 @@
 //! numbers, while the SPEC (and Go's `[]byte`) want base64. kube-core's constants keep the
 //! names in one place.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use kube::core::admission::{META_API_VERSION_V1, META_KIND};
 use serde::{Deserialize, Serialize};
@@ -89,43 +91,44 @@ pub struct Answer {
 
 /// The AdmissionReview, with the request's object decoded as `O`: either straight into the
 /// pod view (one pass over the body, the common case), or kept as raw JSON to be judged on
-/// its own when that fails (an object that is not a pod, or a broken one).
+/// its own when that fails (an object that is not a pod, or a broken one). Strings borrow
+/// from the body (owned only when they carry escapes): most are only compared.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Envelope<O> {
-    #[serde(default)]
-    api_version: Option<String>,
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default = "Option::default")]
-    request: Option<Request<O>>,
+struct Envelope<'a, O> {
+    #[serde(borrow, default)]
+    api_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default = "Option::default")]
+    request: Option<Request<'a, O>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Request<O> {
-    #[serde(default)]
-    uid: Option<String>,
-    #[serde(default)]
-    kind: Option<Gvk>,
-    #[serde(default)]
-    sub_resource: Option<String>,
-    #[serde(default)]
-    operation: Option<String>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    namespace: Option<String>,
+struct Request<'a, O> {
+    #[serde(borrow, default)]
+    uid: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    kind: Option<Gvk<'a>>,
+    #[serde(borrow, default)]
+    sub_resource: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    operation: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    namespace: Option<Cow<'a, str>>,
     #[serde(default = "Option::default")]
     object: Option<O>,
 }
 
 #[derive(Deserialize, Default)]
-struct Gvk {
-    #[serde(default)]
-    group: String,
-    #[serde(default)]
-    kind: String,
+struct Gvk<'a> {
+    #[serde(borrow, default)]
+    group: Cow<'a, str>,
+    #[serde(borrow, default)]
+    kind: Cow<'a, str>,
 }
 
 #[derive(Serialize)]
@@ -154,7 +157,12 @@ pub fn review(body: &[u8], policy: Policy, config: &Config) -> Result<Answer, Re
     if body.len() > MAX_BODY_BYTES {
         return Err(RequestError::TooLarge);
     }
-    if let Ok(env) = serde_json::from_slice::<Envelope<Obj<PodView>>>(body) {
+    // UTF-8 checked once for the whole body, so the decoder need not check each string it
+    // keeps; a body that is not UTF-8 goes the reference way, which says where it breaks.
+    let fast = std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| serde_json::from_str::<Envelope<Obj<PodView>>>(text).ok());
+    if let Some(env) = fast {
         return respond(env, policy, config, |object| match object {
             Some(pod) => pod.0.check_type(),
             None => Err(NO_OBJECT.into()),
@@ -176,7 +184,7 @@ fn review_raw(body: &[u8], policy: Policy, config: &Config) -> Result<Answer, Re
 const NO_OBJECT: &str = "the request has no pod object";
 
 fn respond<'b, O>(
-    env: Envelope<O>,
+    env: Envelope<'_, O>,
     policy: Policy,
     config: &Config,
     decode: impl FnOnce(Option<O>) -> Result<PodView<'b>, String>,
@@ -207,7 +215,7 @@ fn respond<'b, O>(
         && req.operation.as_deref() == Some("CREATE")
         && req.sub_resource.as_deref().unwrap_or("").is_empty();
 
-    let mut pod_name = req.name.unwrap_or_default();
+    let mut pod_name = None;
     let (decision, profiles) = if !is_pod_create {
         (Decision::Unchanged(Reason::NotAPodCreate), Vec::new())
     } else {
@@ -221,9 +229,7 @@ fn respond<'b, O>(
                 Vec::new(),
             ),
             Ok(pod) => {
-                if let Some(n) = pod.display_name() {
-                    pod_name = n.to_string();
-                }
+                pod_name = pod.display_name().map(str::to_string);
                 let d = decide(&pod, policy, config);
                 let profiles = match &d {
                     Decision::Inject { injection, .. } => injection.profiles.clone(),
@@ -242,9 +248,9 @@ fn respond<'b, O>(
             Decision::Deny { .. } => Outcome::Denied,
         },
         reason: decision.reason(),
-        uid,
-        namespace: req.namespace.unwrap_or_default(),
-        pod: pod_name,
+        uid: uid.into_owned(),
+        namespace: req.namespace.map(Cow::into_owned).unwrap_or_default(),
+        pod: pod_name.unwrap_or_else(|| req.name.map(Cow::into_owned).unwrap_or_default()),
         profiles,
     })
 }
@@ -349,6 +355,26 @@ mod tests {
             }
         }
         assert!(n >= 20);
+    }
+
+    #[test]
+    fn a_body_that_is_not_all_utf8_is_judged_as_before() {
+        // serde_json does not check the UTF-8 of strings it skips, so such a body was
+        // reviewed; it still is, by the reference path, with the same answer.
+        let mut body = pod_create(opted_in_pod());
+        body["request"]["userInfo"] = json!({"username": "a-b"});
+        let good = serde_json::to_vec(&body).unwrap();
+        let mut bad = good.clone();
+        let at = bad.windows(3).position(|w| w == b"a-b").unwrap();
+        bad[at + 1] = 0xff;
+        assert!(std::str::from_utf8(&bad).is_err());
+        let c = cfg();
+        let (a, b) = (
+            review(&good, Policy::Disabled, &c).unwrap(),
+            review(&bad, Policy::Disabled, &c).unwrap(),
+        );
+        assert_eq!((a.body, a.reason), (b.body, b.reason));
+        assert_eq!(a.outcome, Outcome::Injected);
     }
 
     #[test]
