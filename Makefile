@@ -5,10 +5,15 @@ BIN      := target/release/sidecar-injector
 IMAGE    ?= sidecar-injector:0.1.0
 KUBECTL  ?= kubectl
 
-.PHONY: build test e2e control-plane test-deps run certs image deploy deploy-cert-manager deploy-selfsigned undeploy bench soak fuzz deny fmt lint
+.PHONY: build link-order test e2e control-plane test-deps run certs image deploy deploy-cert-manager deploy-selfsigned undeploy bench soak fuzz deny fmt lint
 
 build:
 	$(CARGO) build --release --locked
+
+## link-order: list again the functions `serve` runs (scripts/link-order.txt, linked first by
+## build.rs) after changing them, or the compiler; `make test` fails on a stale list.
+link-order:
+	bash scripts/link-order.sh generate
 
 ## test: lint and licence checks, then every test (unit, fixtures, fidelity, properties,
 ## fuzz corpus replay, server, deploy), then the end-to-end suite on a real control plane.

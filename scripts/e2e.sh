@@ -10,6 +10,7 @@ cd "$root"
 
 bash "$cp" build >/dev/null
 cargo build --release --locked
+bash scripts/link-order.sh check
 dir=$(mktemp -d -t sidecar-injector-e2e.XXXXXX)
 finish() {
     local rc=$?
