@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,9 +24,7 @@ const SAFETY_MIB: u64 = 512;
 fn release() -> PathBuf {
     std::env::var_os("SIDECAR_E2E_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/sidecar-injector")
-        })
+        .unwrap_or_else(|| common::root().join("target/release/sidecar-injector"))
 }
 
 struct Target {
@@ -112,11 +110,8 @@ impl Target {
 
     /// A well-behaved neighbor: the realistic pod, answered 200 with a patch.
     async fn neighbor(&self) -> Duration {
-        let body = std::fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("benches/fixtures/pod-create-realistic.json"),
-        )
-        .unwrap();
+        let body = std::fs::read(common::root().join("benches/fixtures/pod-create-realistic.json"))
+            .unwrap();
         let start = Instant::now();
         let res = self
             .client(false)

@@ -589,16 +589,9 @@ fn silent_and_slow_clients_are_cut_off_without_hurting_others() {
 /// to present one, so `openssl s_client` does.
 fn v1_client_identity(dir: &Path) -> PathBuf {
     let sh = |script: &str| {
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
+        succeed(
+            Command::new("sh").arg("-c").arg(script).current_dir(dir),
+            script,
         );
     };
     let ec = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes";

@@ -24,35 +24,38 @@ pub fn fixture(rel: &str) -> PathBuf {
     root().join("tests/fixtures").join(rel)
 }
 
+/// Runs `cmd`, which must succeed; the failure names `what` and shows its stderr.
+pub fn succeed(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// `scripts/selfsigned-overlay.sh DIR` with `exe` as the binary, as `make certs` runs it;
 /// it must succeed.
 pub fn selfsigned_overlay(exe: &Path, dir: &Path) {
-    let out = Command::new("bash")
-        .arg(root().join("scripts/selfsigned-overlay.sh"))
-        .arg(dir)
-        .env("BIN", exe)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "selfsigned-overlay.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new("bash")
+            .arg(root().join("scripts/selfsigned-overlay.sh"))
+            .arg(dir)
+            .env("BIN", exe),
+        "selfsigned-overlay.sh",
     );
 }
 
 /// `exe certs --out DIR --dns NAMES...`, which must succeed.
 pub fn write_certs(exe: &Path, dir: &Path, dns: &[&str]) {
-    let out = Command::new(exe)
-        .args(["certs", "--out"])
-        .arg(dir)
-        .arg("--dns")
-        .args(dns)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "certs: {}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        Command::new(exe)
+            .args(["certs", "--out"])
+            .arg(dir)
+            .arg("--dns")
+            .args(dns),
+        "certs",
     );
 }
 
@@ -88,7 +91,7 @@ pub fn run(args: &[&str], stdin: &[u8]) -> Output {
 fn tool(env: &str, default: &str, hint: &str) -> PathBuf {
     let path = std::env::var_os(env)
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(default));
+        .unwrap_or_else(|| root().join(default));
     assert!(
         path.exists(),
         "{} not found: {hint} (or set {env})",
