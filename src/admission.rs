@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::inject::{decide, Decision, Policy, Reason};
-use crate::pod::{Obj, PodView};
+use crate::pod::{borrowed, Obj, PodView};
 
 /// Largest body accepted; a larger one is answered 413.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -96,9 +96,9 @@ pub struct Answer {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Envelope<'a, O> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     api_version: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     kind: Option<Cow<'a, str>>,
     #[serde(borrow, default = "Option::default")]
     request: Option<Request<'a, O>>,
@@ -107,17 +107,17 @@ struct Envelope<'a, O> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Request<'a, O> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     uid: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     kind: Option<Gvk<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     sub_resource: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     operation: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     namespace: Option<Cow<'a, str>>,
     #[serde(default = "Option::default")]
     object: Option<O>,

@@ -47,6 +47,38 @@ impl<'de, D: Deserializer<'de>> Deserializer<'de> for MapOnly<D> {
     }
 }
 
+/// A string borrowed from the input, owned only when it carries escapes. serde borrows a
+/// `Cow<str>` field only when the field is exactly that type: inside an `Option`, or as a
+/// map's key or value, every string would be copied.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text<'a>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+/// For `#[serde(deserialize_with)]` on an `Option<Cow<str>>` field: borrowed when it can be.
+pub fn borrowed<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'a, str>>, D::Error> {
+    Ok(Option::<Text<'a>>::deserialize(d)?.map(|t| t.0))
+}
+
 /// String pairs of a JSON object, in input order (a repeated key: the last one counts, as
 /// in Go's decoder).
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -76,8 +108,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for StrMap<'a> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<StrMap<'a>, A::Error> {
                 let mut out = Vec::with_capacity(map.size_hint().unwrap_or(4));
-                while let Some((k, v)) = map.next_entry::<Cow<'a, str>, Cow<'a, str>>()? {
-                    out.push((k, v));
+                while let Some((k, v)) = map.next_entry::<Text<'a>, Text<'a>>()? {
+                    out.push((k.0, v.0));
                 }
                 Ok(StrMap(out))
             }
@@ -89,9 +121,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for StrMap<'a> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Meta<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub generate_name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub annotations: Option<StrMap<'a>>,
@@ -181,9 +213,9 @@ impl Spec<'_> {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodView<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub api_version: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "borrowed")]
     pub kind: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub metadata: Option<Obj<Meta<'a>>>,
