@@ -5,7 +5,8 @@
 # for webhooks: one connection per request in flight), at 1, 8 and 64 in flight, each
 # measured ROUNDS times, alternating.
 # The project logs at PROJECT_LOG (default info, its own default: one line per review) to
-# /dev/null.
+# /dev/null, and runs WORKERS threads (default 1: as deployed, where deploy/ gives it one CPU
+# and the runtime sizes itself to that; the ceiling runs as shipped, one per core).
 # Prints one markdown table per round and the ratios project/ceiling. 127.0.0.1 only.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,7 +43,7 @@ for round in $(seq "$rounds"); do
   for server in project ceiling; do
     if [ $server = project ]; then
       start=$(date +%s%N)
-      RUST_LOG=${PROJECT_LOG:-info} "$ours" serve --addr 127.0.0.1:$port --metrics-addr 127.0.0.1:0 \
+      RUST_LOG=${PROJECT_LOG:-info} "$ours" serve --addr 127.0.0.1:$port --metrics-addr 127.0.0.1:0 --workers "${WORKERS:-1}" \
         --tls-cert "$out/certs/tls.crt" --tls-key "$out/certs/tls.key" 2>/dev/null &
       srv=$!
       wait_port

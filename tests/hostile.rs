@@ -46,6 +46,8 @@ impl Target {
         let dir = tempfile::tempdir().unwrap();
         common::write_certs(&release(), dir.path(), &["localhost"]);
         let file = |f: &str| dir.path().join(f).display().to_string();
+        // One worker, as deployed (one CPU): no second thread serves a neighbor while an
+        // attack keeps the first busy.
         let server = Server::start_bin(
             &release(),
             &[
@@ -53,6 +55,8 @@ impl Target {
                 &file("tls.crt"),
                 "--tls-key",
                 &file("tls.key"),
+                "--workers",
+                "1",
             ],
         );
         let pid = server.child.id();

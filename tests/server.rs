@@ -69,14 +69,25 @@ fn fixtures() -> Vec<(String, Vec<u8>)> {
 #[test]
 fn h2_and_h1_answers_are_the_bytes_of_review() {
     let certs = make_certs();
-    let args = tls_args(&certs);
-    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    rt().block_on(async {
-        for h2 in [true, false] {
-            let c = client(&certs.path.join("ca.crt"), h2);
-            for (name, body) in fixtures() {
-                for policy in ["disabled", "enabled"] {
-                    let expected = run(&["review", "--policy", policy], &body).stdout;
+    let expected: Vec<_> = fixtures()
+        .into_iter()
+        .flat_map(|(name, body)| {
+            ["disabled", "enabled"].map(|policy| {
+                let answer = run(&["review", "--policy", policy], &body).stdout;
+                (name.clone(), body.clone(), policy, answer)
+            })
+        })
+        .collect();
+    // Both schedulers: the single-threaded one (one worker, as deployed) and a pool.
+    for workers in ["1", "3"] {
+        let mut args = tls_args(&certs);
+        args.extend(["--workers".into(), workers.into()]);
+        let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(server.log_has(&format!("workers={workers}")));
+        rt().block_on(async {
+            for h2 in [true, false] {
+                let c = client(&certs.path.join("ca.crt"), h2);
+                for (name, body, policy, answer) in &expected {
                     let (status, got, version) = post(
                         &c,
                         &server.url(&format!("/mutate?policy={policy}")),
@@ -94,32 +105,37 @@ fn h2_and_h1_answers_are_the_bytes_of_review() {
                         }
                     );
                     assert_eq!(
-                        String::from_utf8(got).unwrap(),
-                        String::from_utf8(expected).unwrap(),
-                        "{name} {policy}"
+                        String::from_utf8_lossy(&got),
+                        String::from_utf8_lossy(answer),
+                        "{name} {policy} workers={workers}"
                     );
                 }
+                let (status, ..) = post(&c, &server.url("/mutate"), fixtures()[0].1.clone())
+                    .await
+                    .unwrap();
+                assert_eq!(status, 200);
+                let res = c.get(server.url("/readyz")).send().await.unwrap();
+                assert_eq!(res.status(), 200);
+                let res = c.get(server.url("/healthz")).send().await.unwrap();
+                assert_eq!(res.status(), 200);
             }
-            let (status, ..) = post(&c, &server.url("/mutate"), fixtures()[0].1.clone())
-                .await
-                .unwrap();
-            assert_eq!(status, 200);
-            let res = c.get(server.url("/readyz")).send().await.unwrap();
-            assert_eq!(res.status(), 200);
-            let res = c.get(server.url("/healthz")).send().await.unwrap();
-            assert_eq!(res.status(), 200);
-        }
-    });
-    assert!(server.log_has("admission review") && server.log_has("reason=opted-in"));
-    let m = server.metrics_text();
-    assert!(
-        m.contains(
-            "sidecar_injector_admission_requests_total{outcome=\"injected\",reason=\"opted-in\"}"
-        ),
-        "{m}"
-    );
-    assert!(m.contains("sidecar_injector_admission_duration_seconds_bucket"));
-    assert!(m.contains("sidecar_injector_certificate_expiry_timestamp_seconds"));
+        });
+        assert!(server.log_has("admission review") && server.log_has("reason=opted-in"));
+        let m = server.metrics_text();
+        assert!(
+            m.contains(
+                "sidecar_injector_admission_requests_total{outcome=\"injected\",reason=\"opted-in\"}"
+            ),
+            "{m}"
+        );
+        assert!(m.contains("sidecar_injector_admission_duration_seconds_bucket"));
+        assert!(m.contains("sidecar_injector_certificate_expiry_timestamp_seconds"));
+    }
+    for bad in ["0", "x", "1025"] {
+        let out = run(&["serve", "--dev", "--workers", bad], b"");
+        assert_eq!(out.status.code(), Some(2), "--workers {bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--workers"));
+    }
 }
 
 #[test]
