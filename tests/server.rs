@@ -105,8 +105,8 @@ fn h2_and_h1_answers_are_the_bytes_of_review() {
                         }
                     );
                     assert_eq!(
-                        String::from_utf8_lossy(&got),
-                        String::from_utf8_lossy(answer),
+                        String::from_utf8(got).unwrap(),
+                        std::str::from_utf8(answer).unwrap(),
                         "{name} {policy} workers={workers}"
                     );
                 }
