@@ -11,6 +11,8 @@
 # WEBHOOK_CLIENT_CA (the CA of the certificate the apiserver presents to webhooks) and
 # CLUSTER_CA. Webhook calls to a Service go through DIR/egress.sock (see egress-proxy/main.go):
 # a line "CLUSTER_IP:PORT 127.0.0.1:PORT" in EGRESS_ROUTES sends them to a local server.
+# The apiserver traces every request; its "Call mutating webhook" spans are appended to
+# WEBHOOK_SPANS (JSON lines, see kubernetes/span-sink/main.go).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -30,15 +32,14 @@ cache_key() {
 
 bin_dir() { echo "$CACHE_ROOT/$(cache_key)/bin"; }
 
-build_proxy() {
+build_tool() { # build_tool OUT NAME SRC_DIR
     # Small and ours: rebuilt whenever its source changes.
-    local out="$1" sum
-    sum="$(sha256sum "$HERE/control-plane/egress-proxy/main.go" | cut -c1-12)"
-    [[ -x $out/egress-proxy-$sum ]] && return
-    (cd "$HERE/control-plane/egress-proxy" &&
-        CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/egress-proxy-$sum" .) ||
-        die "egress-proxy build failed"
-    ln -sf "egress-proxy-$sum" "$out/egress-proxy"
+    local out=$1 name=$2 src=$3 sum
+    sum="$(sha256sum "$src/main.go" | cut -c1-12)"
+    [[ -x $out/$name-$sum ]] && return
+    (cd "$src" && CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "-s -w" -o "$out/$name-$sum" .) ||
+        die "$name build failed"
+    ln -sf "$name-$sum" "$out/$name"
 }
 
 build() {
@@ -68,7 +69,8 @@ build() {
         rm -rf "$out"
         mv "$tmp" "$out"
     fi
-    build_proxy "$out"
+    build_tool "$out" egress-proxy "$HERE/control-plane/egress-proxy"
+    build_tool "$out" span-sink "$HERE/control-plane/kubernetes/span-sink"
     echo "$out"
 }
 
@@ -155,8 +157,9 @@ start() {
     [[ -e $DIR/pids ]] && die "$DIR/pids exists: stop $DIR first"
     : >"$DIR/pids"
     trap 'stop' ERR
-    local etcd_port peer_port api_port
+    local etcd_port peer_port api_port sink_port
     etcd_port=$(free_port)
+    sink_port=$(free_port)
     peer_port=$(free_port)
     api_port=$(free_port)
     APISERVER_URL=https://127.0.0.1:$api_port
@@ -209,8 +212,16 @@ egressSelections:
           udsName: $DIR/egress.sock
 EOF
     : >"$DIR/egress-routes"
+    # Every request sampled: the suite reads the apiserver's own timing of each webhook call.
+    cat >"$DIR/tracing.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: TracingConfiguration
+endpoint: 127.0.0.1:$sink_port
+samplingRatePerMillion: 1000000
+EOF
 
     run egress-proxy "$bin/egress-proxy" "$DIR/egress.sock" "$DIR/egress-routes"
+    run span-sink "$bin/span-sink" "127.0.0.1:$sink_port" "$DIR/webhook-spans.jsonl" "Call mutating webhook"
     run etcd "$bin/etcd" --name e2e --data-dir "$DIR/etcd" \
         --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
         --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
@@ -229,6 +240,7 @@ EOF
         --endpoint-reconciler-type none \
         --admission-control-config-file "$DIR/admission.yaml" \
         --egress-selector-config-file "$DIR/egress.yaml" \
+        --tracing-config-file "$DIR/tracing.yaml" \
         --allow-privileged=true
     kubeconfig "$DIR/kubeconfig" admin
     kubeconfig "$DIR/controller-manager.kubeconfig" controller-manager
@@ -254,6 +266,7 @@ BIN_DIR=$bin
 EGRESS_ROUTES=$DIR/egress-routes
 WEBHOOK_CLIENT_CA=$DIR/pki/webhook-client-ca.crt
 CLUSTER_CA=$DIR/pki/ca.crt
+WEBHOOK_SPANS=$DIR/webhook-spans.jsonl
 EOF
     trap - ERR
     echo "control-plane: ready at $APISERVER_URL (state in $DIR)" >&2

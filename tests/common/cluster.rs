@@ -18,6 +18,8 @@ pub struct Cluster {
     /// The control plane's state directory: scratch files go here.
     pub dir: PathBuf,
     pub webhook_client_ca: PathBuf,
+    /// The apiserver's "Call mutating webhook" trace spans, one JSON object a line.
+    pub webhook_spans: PathBuf,
     pub overlay: PathBuf,
     /// The release binary, as deployed.
     pub release: PathBuf,
@@ -54,6 +56,7 @@ impl Cluster {
             kubeconfig: get("KUBECONFIG"),
             routes: get("EGRESS_ROUTES"),
             webhook_client_ca: get("WEBHOOK_CLIENT_CA"),
+            webhook_spans: get("WEBHOOK_SPANS"),
             apiserver: env["APISERVER_URL"].to_string(),
             overlay: dir.join("overlay"),
             dir,
