@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{wait_for, Cluster};
 use common::root;
-use common::server::Server;
+use common::server::{log_field, Server};
 use serde_json::{json, Value};
 
 const NS_LABEL: &str = "sidecar-injector.io/injection";
@@ -99,11 +99,6 @@ fn review_lines(server: &Server) -> Vec<String> {
         .into_iter()
         .filter(|l| l.contains("admission review "))
         .collect()
-}
-
-/// The value of field `name` in a log line.
-fn log_field<'l>(line: &'l str, name: &str) -> Option<&'l str> {
-    line.split(&format!(" {name}=")).nth(1)?.split(' ').next()
 }
 
 /// Reviews the webhook has answered for pods in `ns`, whatever the outcome. Counted by

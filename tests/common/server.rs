@@ -37,14 +37,7 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("listening") {
-                    let addr = line
-                        .split("addr=")
-                        .nth(1)
-                        .unwrap_or("")
-                        .split(' ')
-                        .next()
-                        .unwrap_or("")
-                        .to_string();
+                    let addr = log_field(&line, "addr").unwrap_or("").to_string();
                     let _ = tx.send((line.contains("webhook"), addr));
                 }
                 sink.lock().unwrap().push(line);
@@ -115,6 +108,11 @@ pub fn tls_client(ca: &Path, h2: bool) -> reqwest::Client {
     }
     .build()
     .unwrap()
+}
+
+/// The value of field `name` in one of the server's log lines.
+pub fn log_field<'l>(line: &'l str, name: &str) -> Option<&'l str> {
+    line.split(&format!(" {name}=")).nth(1)?.split(' ').next()
 }
 
 pub fn get_plain(url: &str) -> String {
