@@ -4,9 +4,10 @@
 # HTTP/2 (streams on 1 or 4 connections) and HTTP/1.1 keep-alive (kube-apiserver's protocol
 # for webhooks: one connection per request in flight), at 1, 8 and 64 in flight, each
 # measured ROUNDS times, alternating.
-# The project logs at PROJECT_LOG (default info, its own default: one line per review) to
-# /dev/null, and runs WORKERS threads (default 1: as deployed, where deploy/ gives it one CPU
-# and the runtime sizes itself to that; the ceiling runs as shipped, one per core).
+# The project logs at PROJECT_LOG (default info, its own default: one line per review) in
+# PROJECT_LOG_FORMAT (default json, as deploy/ runs it) to /dev/null, and runs WORKERS threads
+# (default 1: as deployed, where deploy/ gives it one CPU and the runtime sizes itself to
+# that; the ceiling runs as shipped, one per core).
 # Prints one markdown table per round and the ratios project/ceiling. 127.0.0.1 only.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,7 +44,7 @@ for round in $(seq "$rounds"); do
   for server in project ceiling; do
     if [ $server = project ]; then
       start=$(date +%s%N)
-      RUST_LOG=${PROJECT_LOG:-info} "$ours" serve --addr 127.0.0.1:$port --metrics-addr 127.0.0.1:0 --workers "${WORKERS:-1}" \
+      RUST_LOG=${PROJECT_LOG:-info} "$ours" serve --log-format "${PROJECT_LOG_FORMAT:-json}" --addr 127.0.0.1:$port --metrics-addr 127.0.0.1:0 --workers "${WORKERS:-1}" \
         --tls-cert "$out/certs/tls.crt" --tls-key "$out/certs/tls.key" 2>/dev/null &
       srv=$!
       wait_port
