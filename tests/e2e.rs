@@ -872,12 +872,21 @@ fn every_kustomization_in_deploy_is_accepted_by_the_apiserver() {
         let file = crds.join(format!("cert-manager.io_{kind}.yaml"));
         // Server-side: the CRDs are larger than client-side apply's annotation allows.
         c.ok(&["apply", "--server-side", "-f", file.to_str().unwrap()]);
-        c.ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            &format!("crd/{kind}.cert-manager.io"),
-        ]);
+        // Polled rather than `kubectl wait --for=condition=Established`, which fails at once
+        // instead of waiting while a new CRD's `status.conditions` is still null.
+        let crd = format!("crd/{kind}.cert-manager.io");
+        wait_for(
+            &format!("{crd} to be Established"),
+            Duration::from_secs(30),
+            || {
+                c.get("default", &crd)["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|cs| {
+                        cs.iter()
+                            .any(|k| k["type"] == "Established" && k["status"] == "True")
+                    })
+            },
+        );
     }
     let overlay = root().join("deploy/cert-manager");
     c.ok(&["apply", "--dry-run=server", "-k", overlay.to_str().unwrap()]);
