@@ -41,6 +41,8 @@ struct RawConfig {
     default_profiles: Vec<String>,
     #[serde(default)]
     native_sidecars: bool,
+    #[serde(default)]
+    mount_service_account_token: bool,
     profiles: BTreeMap<String, RawProfile>,
 }
 
@@ -136,6 +138,10 @@ pub struct Profile {
 pub struct Config {
     pub default_profiles: Vec<String>,
     pub native_sidecars: bool,
+    /// Give the injected containers the API token mount that kube-apiserver's ServiceAccount
+    /// plugin would add after our patch (`inject::token_volume`): the plugin then changes
+    /// nothing, and the apiserver does not call the webhook a second time for the pod.
+    pub mount_service_account_token: bool,
     pub profiles: BTreeMap<String, Profile>,
     /// What loads but deserves the operator's attention (e.g. a sidecar that "restricted"
     /// namespaces refuse), logged wherever the config is loaded.
@@ -450,6 +456,7 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
     Ok(Config {
         default_profiles: raw.default_profiles,
         native_sidecars: raw.native_sidecars,
+        mount_service_account_token: raw.mount_service_account_token,
         profiles,
         warnings,
     })
@@ -464,6 +471,7 @@ mod tests {
         let c = Config::embedded().unwrap();
         assert_eq!(c.default_profiles, vec!["default"]);
         assert!(!c.native_sidecars);
+        assert!(!c.mount_service_account_token);
         assert_eq!(c.profile_names(), "default, logging");
         let d = &c.profiles["default"];
         assert_eq!(d.containers[0].name, "sidecar");

@@ -565,19 +565,21 @@ pub const MAX_PATCH_BYTES: usize = 1536 * 1024;
 /// Stage 5: the answer must fit where the pod goes. The patch grows with the pod (one mount
 /// per app container), so a pod of many tiny containers would turn a 4 MiB request into a
 /// 50 MB answer: estimate it from the pod's shape before building it (`too-large`).
-fn check_size(spec: &Spec<'_>, add: &Additions<'_, '_>) -> Result<(), Denial> {
+fn check_size(spec: &Spec<'_>, add: &Additions<'_, '_>, token: Option<&str>) -> Result<(), Denial> {
     // Each op: its JSON keys and path (< 64 bytes) and its value.
     let per_container: usize = add.mounts.iter().map(|(_, text)| text.len() + 64).sum();
+    // An added container's token mount: its volume name and fixed text (< 96 bytes).
+    let token_mount = token.map_or(0, |volume| volume.len() + 96);
     let fixed: usize = add
         .sidecars
         .iter()
-        .map(|c| c.text(true, Share::Root).len() + 64)
+        .map(|c| c.text(true, Share::Root).len() + 64 + token_mount)
         .chain(
-            add.volumes
+            add.init_containers
                 .iter()
-                .chain(&add.init_containers)
-                .map(|n| n.text.len() + 64),
+                .map(|n| n.text.len() + 64 + token_mount),
         )
+        .chain(add.volumes.iter().map(|n| n.text.len() + 64))
         .sum();
     let estimate = spec.containers.len().saturating_mul(per_container) + fixed + 1024;
     if estimate > MAX_PATCH_BYTES {
@@ -595,15 +597,75 @@ fn check_size(spec: &Spec<'_>, add: &Additions<'_, '_>) -> Result<(), Denial> {
     Ok(())
 }
 
-/// Stage 6: the minimal patch (SPEC "What the patch must be") and the status marker.
+/// Where kube-apiserver's ServiceAccount admission plugin mounts the API token, and the name
+/// prefix of the projected volume it adds for it.
+const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+const TOKEN_VOLUME_PREFIX: &str = "kube-api-access-";
+
+/// The API token volume the ServiceAccount plugin mounted into the app, if it did: the pod's
+/// first `kube-api-access-*` volume (the one the plugin picks), mounted at the token path by
+/// an app container, in a pod that does not turn automounting off. The plugin runs again
+/// after the webhooks and mounts it into every container that has no mount at that path.
+fn token_volume<'s>(spec: &'s Spec<'_>) -> Option<&'s str> {
+    if spec.automount_service_account_token == Some(false) {
+        return None;
+    }
+    let volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .map(|v| v.name.as_ref())
+        .find(|n| n.starts_with(TOKEN_VOLUME_PREFIX))?;
+    let mounted = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.volume_mounts.iter().flatten())
+        .any(|m| m.name == volume && m.mount_path == TOKEN_MOUNT_PATH);
+    mounted.then_some(volume)
+}
+
+/// `container` (JSON text from the config) with the token mount the ServiceAccount plugin
+/// would append, unless it already mounts something at the token path (the plugin then
+/// leaves it alone too).
+fn with_token_mount<'c>(container: Cow<'c, str>, volume: &str) -> Cow<'c, str> {
+    let Ok(mut json) = serde_json::from_str::<Value>(&container) else {
+        return container;
+    };
+    let Some(mounts) = object_array(&mut json, "volumeMounts") else {
+        return container;
+    };
+    if mounts.iter().any(|m| m["mountPath"] == TOKEN_MOUNT_PATH) {
+        return container;
+    }
+    mounts
+        .push(serde_json::json!({"name": volume, "readOnly": true, "mountPath": TOKEN_MOUNT_PATH}));
+    Cow::Owned(json.to_string())
+}
+
+/// The array at `key` of a JSON object, created empty if missing.
+fn object_array<'v>(value: &'v mut Value, key: &str) -> Option<&'v mut Vec<Value>> {
+    value
+        .as_object_mut()?
+        .entry(key)
+        .or_insert_with(|| Value::Array(Vec::new()))
+        .as_array_mut()
+}
+
+/// Stage 6: the minimal patch (SPEC "What the patch must be") and the status marker; `token`,
+/// the API token volume to mount into what we add (`mountServiceAccountToken`).
 fn build_patch<'c>(
     pod: &PodView<'_>,
     spec: &Spec<'_>,
     options: &Options<'_>,
     add: &Additions<'c, '_>,
     sharing: Share,
+    token: Option<&str>,
 ) -> Injection<'c> {
     let native = options.native;
+    let mount_token = |c: Cow<'c, str>| match token {
+        Some(volume) => with_token_mount(c, volume),
+        None => c,
+    };
     let borrowed = |n: &&'c Named| Cow::Borrowed(n.text.as_str());
     let mut ops = Vec::new();
     append_all(
@@ -612,9 +674,17 @@ fn build_patch<'c>(
         spec.volumes.is_some(),
         add.volumes.iter().map(borrowed).collect(),
     );
-    let mut new_init: Vec<Cow<'c, str>> = add.init_containers.iter().map(borrowed).collect();
+    let mut new_init: Vec<Cow<'c, str>> = add
+        .init_containers
+        .iter()
+        .map(|c| mount_token(borrowed(c)))
+        .collect();
     if native {
-        new_init.extend(add.sidecars.iter().map(|c| c.text(true, sharing)));
+        new_init.extend(
+            add.sidecars
+                .iter()
+                .map(|c| mount_token(c.text(true, sharing))),
+        );
     }
     append_all(
         &mut ops,
@@ -626,7 +696,7 @@ fn build_patch<'c>(
         let items = add
             .sidecars
             .iter()
-            .map(|c| c.text(false, sharing))
+            .map(|c| mount_token(c.text(false, sharing)))
             .collect();
         append_all(&mut ops, "/spec/containers", true, items);
     }
@@ -697,8 +767,12 @@ fn plan<'c>(
     let add = select_profiles(&options, config)?;
     let sharing = check_conflicts(spec, &options, &add)?;
     check_clashes(spec, &add)?;
-    check_size(spec, &add)?;
-    Ok(build_patch(pod, spec, &options, &add, sharing))
+    let token = config
+        .mount_service_account_token
+        .then(|| token_volume(spec))
+        .flatten();
+    check_size(spec, &add, token)?;
+    Ok(build_patch(pod, spec, &options, &add, sharing, token))
 }
 
 #[cfg(test)]
@@ -739,7 +813,11 @@ mod tests {
 
     /// Applies the decision's patch; returns the patched pod.
     fn injected(pod: &Value, policy: Policy) -> Value {
-        match decide_json(pod, policy) {
+        injected_with(pod, policy, config())
+    }
+
+    fn injected_with(pod: &Value, policy: Policy, config: &Config) -> Value {
+        match decide(&PodView::from_value(pod).unwrap(), policy, config) {
             Decision::Inject { injection, .. } => {
                 let mut out = pod.clone();
                 let patch: json_patch::Patch =
@@ -1111,6 +1189,110 @@ mod tests {
         assert!(out["spec"]["initContainers"][0]
             .get("volumeMounts")
             .is_none());
+    }
+
+    /// What kube-apiserver's ServiceAccount plugin does to a pod that has its token volume:
+    /// the token mount appended to every container without a mount at its path. Whether it
+    /// changed anything (which would make the apiserver call the webhook again).
+    fn service_account_plugin(pod: &mut Value, volume: &str) -> bool {
+        let mut changed = false;
+        for list in ["initContainers", "containers"] {
+            for c in pod["spec"]
+                .get_mut(list)
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                let mounts = object_array(c, "volumeMounts").unwrap();
+                if !mounts.iter().any(|m| m["mountPath"] == TOKEN_MOUNT_PATH) {
+                    mounts.push(
+                        json!({"name": volume, "readOnly": true, "mountPath": TOKEN_MOUNT_PATH}),
+                    );
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// A pod as the apiserver sends it when the ServiceAccount plugin has mounted the token.
+    fn pod_with_token(extra: Value) -> Value {
+        let mut pod = opted_in(extra);
+        pod["spec"]["volumes"] =
+            json!([{"name": "kube-api-access-x7k2p", "projected": {"sources": []}}]);
+        pod["spec"]["initContainers"] = json!([{"name": "setup", "image": "busybox"}]);
+        assert!(service_account_plugin(&mut pod, "kube-api-access-x7k2p"));
+        pod
+    }
+
+    /// A config from YAML text with `mountServiceAccountToken` set to `on`.
+    fn with_token_option(yaml: &str, on: bool) -> Config {
+        let yaml = yaml.replace(
+            "mountServiceAccountToken: false",
+            &format!("mountServiceAccountToken: {on}"),
+        );
+        let config = Config::from_yaml(&yaml, "test").unwrap();
+        assert_eq!(config.mount_service_account_token, on);
+        config
+    }
+
+    #[test]
+    fn token_mount_leaves_the_service_account_plugin_nothing_to_do() {
+        // The embedded profiles, and one that adds an init container of its own.
+        let with_init = "defaultProfiles: [prep]\nmountServiceAccountToken: false\nprofiles:\n  \
+                         prep:\n    initContainers: [{name: prepare, image: busybox}]\n    \
+                         containers: [{name: sidecar, image: busybox}]\n";
+        for yaml in [crate::config::DEFAULT_CONFIG_YAML, with_init] {
+            let (on, off) = (
+                with_token_option(yaml, true),
+                with_token_option(yaml, false),
+            );
+            for native in ["false", "true"] {
+                let mut pod = pod_with_token(json!({NATIVE_SIDECAR_KEY: native}));
+                if yaml != with_init {
+                    pod["metadata"]["annotations"][PROFILES_KEY] = json!("default,logging");
+                }
+                let mut ours = injected_with(&pod, Policy::Disabled, &on);
+                assert!(
+                    !service_account_plugin(&mut ours, "kube-api-access-x7k2p"),
+                    "native {native}: the plugin still had a container to mount the token into"
+                );
+                // The stored pod is the one the plugin's second round gives without the option.
+                let mut theirs = injected_with(&pod, Policy::Disabled, &off);
+                assert!(service_account_plugin(&mut theirs, "kube-api-access-x7k2p"));
+                assert_eq!(ours, theirs, "native {native}");
+            }
+        }
+        // Nothing to mount: automounting off, no token volume, or one no app container mounts.
+        let on = with_token_option(crate::config::DEFAULT_CONFIG_YAML, true);
+        let mut off = pod_with_token(json!({}));
+        off["spec"]["automountServiceAccountToken"] = json!(false);
+        let mut no_volume = opted_in(json!({}));
+        no_volume["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+        let mut unmounted = opted_in(json!({}));
+        unmounted["spec"]["volumes"] = json!([{"name": "kube-api-access-x", "emptyDir": {}}]);
+        for pod in [off, no_volume, unmounted] {
+            assert_eq!(
+                injected_with(&pod, Policy::Disabled, &on),
+                injected(&pod, Policy::Disabled),
+                "{pod}"
+            );
+        }
+    }
+
+    #[test]
+    fn token_mount_skips_a_container_that_mounts_the_token_path() {
+        let own = json!({"name": "sidecar", "volumeMounts": [{"name": "mine", "mountPath": TOKEN_MOUNT_PATH}]});
+        let text = own.to_string();
+        assert_eq!(
+            with_token_mount(Cow::Borrowed(&text), "kube-api-access-a"),
+            text
+        );
+        let bare = with_token_mount(Cow::Borrowed(r#"{"name":"s"}"#), "kube-api-access-a");
+        assert_eq!(
+            bare,
+            r#"{"name":"s","volumeMounts":[{"name":"kube-api-access-a","readOnly":true,"mountPath":"/var/run/secrets/kubernetes.io/serviceaccount"}]}"#
+        );
     }
 
     #[test]

@@ -182,6 +182,8 @@ pub struct Spec<'a> {
     pub share_process_namespace: Option<bool>,
     #[serde(default)]
     pub security_context: Option<Obj<Security>>,
+    #[serde(default)]
+    pub automount_service_account_token: Option<bool>,
 }
 
 impl Spec<'_> {

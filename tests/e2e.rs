@@ -1020,6 +1020,7 @@ fn latency_as_the_apiserver_sees_it() {
     c.namespace("latency-webhook", json!({NS_LABEL: "enabled"}));
     c.namespace("latency-no-token", json!({NS_LABEL: "enabled"}));
     c.namespace("latency-plain", json!({}));
+    c.namespace("latency-token-option", json!({NS_LABEL: "enabled"}));
     let pem = |f: &str| std::fs::read(c.dir.join("pki").join(f)).unwrap();
     let identity =
         reqwest::Identity::from_pem(&[pem("admin.crt"), pem("admin.key")].concat()).unwrap();
@@ -1131,7 +1132,21 @@ fn latency_as_the_apiserver_sees_it() {
         N,
         "calls to the webhook for {N} pods with automountServiceAccountToken: false"
     );
-    for (ns, token_mounts) in [("latency-webhook", N), ("latency-no-token", 0)] {
+    // With mountServiceAccountToken our patch already has the mount: one call per pod too.
+    restart_webhook(&token_mount_args(c));
+    let before_option = total(&webhook_histogram(c));
+    let token_option = create_all("latency-token-option", true);
+    assert_eq!(
+        total(&webhook_histogram(c)) - before_option,
+        N,
+        "calls to the webhook for {N} pods with mountServiceAccountToken: true"
+    );
+    restart_webhook(&webhook_args(c));
+    for (ns, token_mounts) in [
+        ("latency-webhook", N),
+        ("latency-no-token", 0),
+        ("latency-token-option", N),
+    ] {
         let pods = c.get(ns, "pods");
         let pods = pods["items"].as_array().unwrap();
         let injected = pods
@@ -1139,7 +1154,7 @@ fn latency_as_the_apiserver_sees_it() {
             .filter(|p| !p["metadata"]["annotations"][STATUS].is_null())
             .count();
         assert_eq!(injected, N, "every pod in {ns} is injected");
-        // The apiserver's second round, not our patch, gave the sidecar the token.
+        // The apiserver's second round (or, with the option, our patch) gave the sidecar the token.
         let sidecars_with_token = pods
             .iter()
             .flat_map(|p| p["spec"]["containers"].as_array().unwrap())
@@ -1165,6 +1180,7 @@ fn latency_as_the_apiserver_sees_it() {
          | pod create, no webhook (client side) | {:.2} ms | {:.2} ms |\n\
          | pod create through the webhook (client side; two calls per pod) | {:.2} ms | {:.2} ms |\n\
          | pod create through the webhook, automountServiceAccountToken: false (one call per pod) | {:.2} ms | {:.2} ms |\n\
+         | pod create through the webhook, mountServiceAccountToken: true (one call per pod) | {:.2} ms | {:.2} ms |\n\
          | webhook step as kube-apiserver traces it (span \"Call mutating webhook\", {count} calls) | {:.0} µs | {:.0} µs |\n\
          | of which the call, to the REST client's \"Request completed\" | {:.0} µs | {:.0} µs |\n\
          | of which our server's handling (its log's duration_us for the same calls, by uid) | {:.0} µs | {:.0} µs |\n\
@@ -1172,6 +1188,7 @@ fn latency_as_the_apiserver_sees_it() {
         quantile(&plain, 0.5), quantile(&plain, 0.99),
         quantile(&hooked, 0.5), quantile(&hooked, 0.99),
         quantile(&no_token, 0.5), quantile(&no_token, 0.99),
+        quantile(&token_option, 0.5), quantile(&token_option, 0.99),
         quantile(&steps, 0.5), quantile(&steps, 0.99),
         quantile(&calls_us, 0.5), quantile(&calls_us, 0.99),
         quantile(&ours, 0.5), quantile(&ours, 0.99),
@@ -1181,6 +1198,98 @@ fn latency_as_the_apiserver_sees_it() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("latency.md"), &report).unwrap();
     eprintln!("{report}");
+}
+
+/// The webhook as deployed, with the embedded config and `mountServiceAccountToken: true`.
+fn token_mount_args(c: &Cluster) -> Vec<String> {
+    let out = root().join("target/e2e");
+    std::fs::create_dir_all(&out).unwrap();
+    let config = out.join("token-mount-config.yaml");
+    let yaml = std::fs::read_to_string(root().join("src/default-config.yaml")).unwrap();
+    let on = yaml.replace(
+        "mountServiceAccountToken: false",
+        "mountServiceAccountToken: true",
+    );
+    assert_ne!(on, yaml, "the embedded config names the option");
+    std::fs::write(&config, on).unwrap();
+    let mut args = webhook_args(c);
+    args.extend(["--config".into(), config.display().to_string()]);
+    args
+}
+
+/// A stored pod's spec with its API token volume's generated name replaced by a fixed one.
+fn spec_without_token_name(pod: &Value) -> String {
+    let spec = pod["spec"].to_string();
+    let token = names(&pod["spec"]["volumes"])
+        .into_iter()
+        .find(|n| n.starts_with("kube-api-access-"))
+        .unwrap_or_else(|| panic!("no API token volume in {spec}"));
+    spec.replace(token, "kube-api-access-*")
+}
+
+#[test]
+fn token_mount_option_saves_the_second_call_and_stores_the_same_pods() {
+    let _s = serial();
+    let c = cluster();
+    const N: usize = 10;
+    let mut stored = Vec::new();
+    for (ns, option, calls) in [
+        ("token-as-shipped", false, 2 * N),
+        ("token-mounted", true, N),
+    ] {
+        restart_webhook(&if option {
+            token_mount_args(c)
+        } else {
+            webhook_args(c)
+        });
+        c.namespace(ns, json!({NS_LABEL: "enabled"}));
+        for i in 0..N {
+            let native = if i % 2 == 0 { "true" } else { "false" };
+            let profiles = if i % 3 == 0 {
+                "default,logging"
+            } else {
+                "default"
+            };
+            c.apply_ok(&pod(
+                ns,
+                &format!("p{i}"),
+                json!({"sidecar-injector.io/native-sidecar": native,
+                       "sidecar-injector.io/profiles": profiles}),
+                json!({}),
+            ));
+        }
+        let pods = c.get(ns, "pods");
+        // A pod's calls are all made before its create returns; the log reader may lag a little.
+        wait_for(
+            &format!("{calls} reviews logged for {ns}"),
+            Duration::from_secs(10),
+            || reviews_in_now(ns) >= calls,
+        );
+        assert_eq!(
+            reviews_in_now(ns),
+            calls,
+            "webhook calls for {N} pods in {ns} (mountServiceAccountToken: {option})"
+        );
+        let mut specs: Vec<(String, String)> = pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                assert!(!p["metadata"]["annotations"][STATUS].is_null(), "{p}");
+                let name = p["metadata"]["name"].as_str().unwrap().to_string();
+                (name, spec_without_token_name(p))
+            })
+            .collect();
+        specs.sort();
+        assert_eq!(specs.len(), N);
+        stored.push(specs);
+    }
+    // The option only does the ServiceAccount plugin's second round in advance.
+    assert_eq!(
+        stored[0], stored[1],
+        "stored pods differ with mountServiceAccountToken"
+    );
+    restart_webhook(&webhook_args(c));
 }
 
 /// A pod in `ns` that Pod Security "restricted" admits on its own, with these pod-level and

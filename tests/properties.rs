@@ -68,6 +68,8 @@ prop_compose! {
         pod_user in maybe(prop_oneof![Just(0i64), Just(1001i64), Just(65534i64)]),
         non_root in maybe(any::<bool>()),
         container_users in prop::collection::vec(maybe(prop_oneof![Just(0i64), Just(1001i64)]), 4),
+        token in any::<bool>(),
+        automount in maybe(any::<bool>()),
     ) -> Value {
         let mut containers: Vec<Value> = names.into_iter().zip(mounts).map(|(n, m)| container(n, m)).collect();
         // Who the app runs as: pod-level and per-container settings, known or not.
@@ -98,12 +100,49 @@ prop_compose! {
                 .map(|n| json!({"name": n, "emptyDir": {}})).collect());
         }
         if let Some(b) = spn { spec["shareProcessNamespace"] = json!(b); }
+        // As kube-apiserver's ServiceAccount plugin leaves a pod that mounts the API token.
+        if token && automount != Some(false) {
+            let volume = json!({"name": TOKEN_VOLUME, "projected": {"sources": []}});
+            match spec["volumes"].as_array_mut() {
+                Some(v) => v.push(volume),
+                None => spec["volumes"] = json!([volume]),
+            }
+            service_account_plugin(&mut spec);
+        }
+        if let Some(a) = automount { spec["automountServiceAccountToken"] = json!(a); }
         let mut security = Map::new();
         if let Some(u) = pod_user { security.insert("runAsUser".into(), json!(u)); }
         if let Some(n) = non_root { security.insert("runAsNonRoot".into(), json!(n)); }
         if !security.is_empty() { spec["securityContext"] = Value::Object(security); }
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
     }
+}
+
+const TOKEN_VOLUME: &str = "kube-api-access-k2x7p";
+const TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// What the ServiceAccount plugin does to a pod spec that has its token volume: the token
+/// mount into every container without a mount at its path. Whether it changed anything.
+fn service_account_plugin(spec: &mut Value) -> bool {
+    let mut changed = false;
+    for list in ["initContainers", "containers"] {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let mounts = c["volumeMounts"].as_array().into_iter().flatten();
+            if !mounts.clone().any(|m| m["mountPath"] == TOKEN_PATH) {
+                let mut mounts: Vec<Value> = mounts.cloned().collect();
+                mounts
+                    .push(json!({"name": TOKEN_VOLUME, "readOnly": true, "mountPath": TOKEN_PATH}));
+                c["volumeMounts"] = Value::Array(mounts);
+                changed = true;
+            }
+        }
+    }
+    changed
 }
 
 fn wrap(pod: &Value) -> Vec<u8> {
@@ -120,8 +159,18 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 400, .. ProptestConfig::default() })]
 
     #[test]
-    fn patches_apply_preserve_and_are_idempotent(pod in arb_pod(), enabled in any::<bool>()) {
-        let config = Config::embedded().unwrap();
+    fn patches_apply_preserve_and_are_idempotent(
+        pod in arb_pod(),
+        enabled in any::<bool>(),
+        token_option in any::<bool>(),
+    ) {
+        let config = if token_option {
+            let yaml = sidecar_injector::config::DEFAULT_CONFIG_YAML
+                .replace("mountServiceAccountToken: false", "mountServiceAccountToken: true");
+            Config::from_yaml(&yaml, "mountServiceAccountToken: true").unwrap()
+        } else {
+            Config::embedded().unwrap()
+        };
         let policy = if enabled { Policy::Enabled } else { Policy::Disabled };
         let answer = review(&wrap(&pod), policy, &config).unwrap();
         let response: Value = serde_json::from_slice(&answer.body).unwrap();
@@ -139,6 +188,13 @@ proptest! {
         prop_assert!(serde_json::from_value::<Pod>(patched.clone()).is_ok());
         prop_assert!(preserved(&pod, &patched), "original fields changed:\n{}\n{}", pod, patched);
         invariants::assert_kubelet_starts_injected(&patched);
+        // With the option, the plugin's second round (which would call the webhook again)
+        // finds nothing to do in a pod where it mounted the token.
+        let plugin_mounted = pod["spec"]["volumes"].as_array().into_iter().flatten()
+            .any(|v| v["name"] == TOKEN_VOLUME);
+        if token_option && plugin_mounted {
+            prop_assert!(!service_account_plugin(&mut patched["spec"].clone()), "{}", patched);
+        }
 
         let spec = &patched["spec"];
         let all = spec["containers"].as_array().unwrap().iter()
