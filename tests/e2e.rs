@@ -1124,22 +1124,29 @@ fn latency_as_the_apiserver_sees_it() {
                 .unwrap_or_else(|| panic!("the apiserver's call {} is not in our log", s.uid))
         })
         .collect();
-    // Without a token to mount, nothing changes the pod after our patch: one call per pod.
-    let before_no_token = total(&webhook_histogram(c));
-    let no_token = create_all("latency-no-token", false);
-    assert_eq!(
-        total(&webhook_histogram(c)) - before_no_token,
-        N,
-        "calls to the webhook for {N} pods with automountServiceAccountToken: false"
+    // Creates in `ns` that must cost the webhook exactly one call per pod.
+    let one_call_each = |ns: &str, automount_token: bool, why: &str| -> Vec<f64> {
+        let before = total(&webhook_histogram(c));
+        let times = create_all(ns, automount_token);
+        assert_eq!(
+            total(&webhook_histogram(c)) - before,
+            N,
+            "calls to the webhook for {N} pods with {why}"
+        );
+        times
+    };
+    // Without a token to mount, nothing changes the pod after our patch.
+    let no_token = one_call_each(
+        "latency-no-token",
+        false,
+        "automountServiceAccountToken: false",
     );
-    // With mountServiceAccountToken our patch already has the mount: one call per pod too.
+    // With mountServiceAccountToken our patch already has the mount.
     restart_webhook(&token_mount_args(c));
-    let before_option = total(&webhook_histogram(c));
-    let token_option = create_all("latency-token-option", true);
-    assert_eq!(
-        total(&webhook_histogram(c)) - before_option,
-        N,
-        "calls to the webhook for {N} pods with mountServiceAccountToken: true"
+    let token_option = one_call_each(
+        "latency-token-option",
+        true,
+        "mountServiceAccountToken: true",
     );
     restart_webhook(&webhook_args(c));
     for (ns, token_mounts) in [
