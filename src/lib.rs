@@ -2,8 +2,8 @@
 //!
 //! The pure core (`inject`, `podsecurity`, `admission`, `manifest`, `config`, `yaml`,
 //! `selection`, `check::evaluate`, `rotation`) does no I/O; the server (`server`, `state`,
-//! `limits`, `tls`, `reload`, `metrics`, `autotls`), the CLI (`cli`), `check::run` and
-//! `kubeapi` are thin shells around it.
+//! `limits`, `logging`, `tls`, `reload`, `metrics`, `autotls`), the CLI (`cli`), `check::run`
+//! and `kubeapi` are thin shells around it.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -15,6 +15,7 @@ pub mod config;
 pub mod inject;
 pub mod kubeapi;
 pub mod limits;
+pub mod logging;
 pub mod manifest;
 pub mod metrics;
 pub mod pod;

@@ -15,7 +15,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -32,6 +32,7 @@ use crate::inject::Policy;
 use crate::limits::{
     BudgetedBody, DeadlineIo, Reservation, Tracked, Unsent, SMALL_REVIEW_BYTES, WORK_FACTOR,
 };
+use crate::logging::{self, Escaped, LogFormat};
 use crate::metrics::Metrics;
 use crate::reload::{self, Sources};
 use crate::state::AppState;
@@ -68,12 +69,6 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 const OPENING_BYTES: usize = 24;
 /// At most one warning line per interval for refused TLS handshakes.
 const HANDSHAKE_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
 
 fn seconds(s: &str) -> Result<Duration, String> {
     let v: f64 = s
@@ -355,23 +350,6 @@ async fn mutate_with_policy(
     answer(&state, Some(&policy), query.as_deref(), &headers, body).await
 }
 
-/// A request-derived log field with its control characters escaped (`\n`, `\u{1b}`): the
-/// text log format writes fields as they are, and a newline in a uid would forge a line.
-struct Escaped<'a>(&'a str);
-
-impl std::fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Runs between control characters go out whole: one call each, not one per char.
-        let mut rest = self.0;
-        while let Some((at, c)) = rest.char_indices().find(|(_, c)| c.is_control()) {
-            f.write_str(&rest[..at])?;
-            write!(f, "{}", c.escape_default())?;
-            rest = &rest[at + c.len_utf8()..];
-        }
-        f.write_str(rest)
-    }
-}
-
 /// Reviews, counts and logs one request: every webhook answer goes through here.
 async fn answer(
     state: &AppState,
@@ -462,20 +440,6 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    // A second initialisation (tests) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-}
-
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match (
@@ -501,7 +465,7 @@ fn read(path: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
 
 /// Runs the server until SIGTERM or SIGINT, then drains.
 pub fn serve(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    logging::init(args.log_format);
     let workers = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
         usize::from,
@@ -871,21 +835,6 @@ mod tests {
     use super::*;
     use axum::http::Request;
     use tower::ServiceExt;
-
-    #[test]
-    fn log_fields_escape_control_characters() {
-        assert_eq!(
-            Escaped("uid\nFORGED line\u{1b}[31m\t").to_string(),
-            "uid\\nFORGED line\\u{1b}[31m\\t"
-        );
-        assert_eq!(Escaped("pod-é").to_string(), "pod-é");
-        // Two-byte controls (NEL), controls in a row, at either end.
-        assert_eq!(
-            Escaped("\u{85}a\n\nb\u{7f}").to_string(),
-            "\\u{85}a\\n\\nb\\u{7f}"
-        );
-        assert_eq!(Escaped("").to_string(), "");
-    }
 
     #[test]
     fn policy_query_values() {

@@ -107,7 +107,7 @@ fn review_lines(server: &Server) -> Vec<String> {
 fn reviews_in(server: &Server, ns: &str) -> usize {
     review_lines(server)
         .iter()
-        .filter(|l| log_field(l, "namespace") == Some(ns))
+        .filter(|l| log_field(l, "namespace").as_deref() == Some(ns))
         .count()
 }
 
@@ -998,7 +998,7 @@ fn logged_durations(server: &Server) -> HashMap<String, f64> {
     review_lines(server)
         .iter()
         .filter_map(|l| {
-            let uid = log_field(l, "uid")?.to_string();
+            let uid = log_field(l, "uid")?;
             Some((uid, log_field(l, "duration_us")?.parse().ok()?))
         })
         .collect()

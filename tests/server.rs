@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::server::{get_plain, tls_client as client, Server};
+use common::server::{get_plain, log_field, tls_client as client, Server};
 use common::*;
 use serde_json::Value;
 
@@ -728,37 +728,69 @@ fn failed_handshakes_are_counted_by_reason_and_logged_at_most_once_per_interval(
 }
 
 #[test]
-fn request_fields_cannot_forge_log_lines() {
+fn request_fields_cannot_forge_log_lines_in_either_format() {
     let certs = make_certs();
-    let args = tls_args(&certs);
-    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let mut review: Value =
         serde_json::from_slice(&std::fs::read(fixture("reviews/replicaset-pod.json")).unwrap())
             .unwrap();
-    review["request"]["uid"] =
-        serde_json::json!("u1\n2026-01-01T00:00:00Z  INFO FORGED outcome=injected\u{1b}[31m");
+    let uid = "u1\n2026-01-01T00:00:00Z  INFO FORGED outcome=injected\u{1b}[31m\"}\\";
+    review["request"]["uid"] = serde_json::json!(uid);
     let body = serde_json::to_vec(&review).unwrap();
-    rt().block_on(async {
-        let c = client(&certs.path.join("ca.crt"), true);
-        assert_eq!(post(&c, &server.url("/mutate"), body).await.unwrap().0, 200);
-    });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !server.log_has("admission review") {
-        assert!(Instant::now() < deadline, "no review logged");
-        std::thread::sleep(Duration::from_millis(20));
+    // The uid as both formats log it: control characters spelled out.
+    let logged = r#"u1\n2026-01-01T00:00:00Z  INFO FORGED outcome=injected\u{1b}[31m"}\"#;
+    for format in ["text", "json"] {
+        let mut args = tls_args(&certs);
+        args.extend(["--log-format".into(), format.into()]);
+        let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        rt().block_on(async {
+            let c = client(&certs.path.join("ca.crt"), true);
+            let bad = br#"{"request": "a\"b\u001b"}"#.to_vec();
+            for (body, status) in [(body.clone(), 200), (bad, 400)] {
+                assert_eq!(
+                    post(&c, &server.url("/mutate"), body).await.unwrap().0,
+                    status
+                );
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !server.log_has("admission review rejected") {
+            assert!(Instant::now() < deadline, "no review logged");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let lines = server.log_lines();
+        assert!(
+            !lines
+                .iter()
+                .any(|l| l.starts_with("2026-01-01") || l.contains('\u{1b}')),
+            "{lines:#?}"
+        );
+        let reviewed: Vec<_> = lines
+            .iter()
+            .filter(|l| l.contains("admission review") && !l.contains("rejected"))
+            .collect();
+        assert_eq!(reviewed.len(), 1, "{lines:#?}");
+        if format == "text" {
+            assert!(
+                reviewed[0].contains(&format!(" uid={logged} ")),
+                "{lines:#?}"
+            );
+        } else {
+            assert_eq!(log_field(reviewed[0], "uid").as_deref(), Some(logged));
+            // Every line is one JSON object, the review's with its fields typed.
+            for line in &lines {
+                let fields: Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+                assert!(
+                    fields["timestamp"].is_string() && fields["level"].is_string(),
+                    "{line}"
+                );
+                assert_eq!(fields["target"], "sidecar_injector::server", "{line}");
+            }
+            let fields: Value = serde_json::from_str(reviewed[0]).unwrap();
+            assert_eq!(fields["message"], "admission review");
+            assert_eq!(fields["level"], "INFO");
+            assert_eq!(fields["outcome"], "injected");
+            assert!(fields["duration_us"].is_u64(), "{fields}");
+        }
     }
-    let lines = server.log_lines();
-    assert!(
-        !lines
-            .iter()
-            .any(|l| l.starts_with("2026-01-01") || l.contains('\u{1b}')),
-        "{lines:#?}"
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l
-                .contains(r"uid=u1\n2026-01-01T00:00:00Z  INFO FORGED outcome=injected\u{1b}[31m")),
-        "{lines:#?}"
-    );
 }

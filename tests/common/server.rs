@@ -37,7 +37,7 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("listening") {
-                    let addr = log_field(&line, "addr").unwrap_or("").to_string();
+                    let addr = log_field(&line, "addr").unwrap_or_default();
                     let _ = tx.send((line.contains("webhook"), addr));
                 }
                 sink.lock().unwrap().push(line);
@@ -110,9 +110,19 @@ pub fn tls_client(ca: &Path, h2: bool) -> reqwest::Client {
     .unwrap()
 }
 
-/// The value of field `name` in one of the server's log lines.
-pub fn log_field<'l>(line: &'l str, name: &str) -> Option<&'l str> {
-    line.split(&format!(" {name}=")).nth(1)?.split(' ').next()
+/// The value of field `name` in one of the server's log lines, text (`name=value`) or JSON.
+pub fn log_field(line: &str, name: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).ok()?;
+        let value = fields.get(name)?;
+        return Some(
+            value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_string),
+        );
+    }
+    let value = line.split(&format!(" {name}=")).nth(1)?.split(' ').next()?;
+    Some(value.to_string())
 }
 
 pub fn get_plain(url: &str) -> String {
