@@ -58,9 +58,11 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The webhook as deployed: the release binary with the overlay's serving pair.
+/// The webhook as deployed: the release binary with the overlay's serving pair, logging JSON.
 fn webhook_args(c: &Cluster) -> Vec<String> {
     vec![
+        "--log-format".into(),
+        "json".into(),
         "--tls-cert".into(),
         c.overlay.join("tls.crt").display().to_string(),
         "--tls-key".into(),
@@ -92,12 +94,14 @@ fn restart_webhook(args: &[String]) {
     drop(webhook_with(args));
 }
 
-/// The server's log lines for the reviews it answered, one each.
+/// The server's log lines for the reviews it answered, one each (JSON or text).
 fn review_lines(server: &Server) -> Vec<String> {
     server
         .log_lines()
         .into_iter()
-        .filter(|l| l.contains("admission review "))
+        .filter(|l| {
+            l.contains(r#""message":"admission review""#) || l.contains("admission review ")
+        })
         .collect()
 }
 
