@@ -5,9 +5,10 @@
 # for webhooks: one connection per request in flight), at 1, 8 and 64 in flight, each
 # measured ROUNDS times, alternating.
 # The project logs at PROJECT_LOG (default info, its own default: one line per review) in
-# PROJECT_LOG_FORMAT (default json, as deploy/ runs it) to /dev/null, and runs WORKERS threads
-# (default 1: as deployed, where deploy/ gives it one CPU and the runtime sizes itself to
-# that; the ceiling runs as shipped, one per core).
+# PROJECT_LOG_FORMAT (default json, as deploy/ runs it) to a pipe that a reader drains (in a
+# container, stderr is a pipe the runtime reads; PROJECT_LOG_SINK=null: /dev/null), and runs
+# WORKERS threads (default 1: as deployed, where deploy/ gives it one CPU and the runtime
+# sizes itself to that; the ceiling runs as shipped, one per core).
 # Prints one markdown table per round and the ratios project/ceiling. 127.0.0.1 only.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +30,12 @@ ours=$root/target/release/sidecar-injector
 ceiling=$root/target/ceiling/release/ceiling
 bash "$bench/gen-cert.sh" "$out/certs" >/dev/null
 
+# The project as deploy/ runs it (exec: the measured PID is the server's).
+project() {
+  RUST_LOG=${PROJECT_LOG:-info} exec "$ours" serve --log-format "${PROJECT_LOG_FORMAT:-json}" \
+    --addr 127.0.0.1:$port --metrics-addr 127.0.0.1:0 --workers "${WORKERS:-1}" \
+    --tls-cert "$out/certs/tls.crt" --tls-key "$out/certs/tls.key"
+}
 srv=""
 stop() { [ -z "$srv" ] || { kill "$srv" 2>/dev/null || true; wait "$srv" 2>/dev/null || true; srv=""; }; }
 trap stop EXIT
@@ -44,8 +51,11 @@ for round in $(seq "$rounds"); do
   for server in project ceiling; do
     if [ $server = project ]; then
       start=$(date +%s%N)
-      RUST_LOG=${PROJECT_LOG:-info} "$ours" serve --log-format "${PROJECT_LOG_FORMAT:-json}" --addr 127.0.0.1:$port --metrics-addr 127.0.0.1:0 --workers "${WORKERS:-1}" \
-        --tls-cert "$out/certs/tls.crt" --tls-key "$out/certs/tls.key" 2>/dev/null &
+      if [ "${PROJECT_LOG_SINK:-pipe}" = pipe ]; then
+        project 2> >(cat >/dev/null) &
+      else
+        project 2>/dev/null &
+      fi
       srv=$!
       wait_port
       echo "project ready in $(( ($(date +%s%N) - start) / 1000000 )) ms" >>"$out/ready.txt"

@@ -480,11 +480,15 @@ pub fn serve(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<(
         pool
     };
     tracing::info!(workers, "starting the async runtime");
-    runtime
+    let ended = runtime
         .enable_all()
+        .on_thread_park(logging::worker_idle)
+        .on_thread_stop(logging::flush)
         .build()
         .context("cannot start the async runtime")?
-        .block_on(run(args.clone(), config_path))
+        .block_on(run(args.clone(), config_path));
+    logging::flush();
+    ended
 }
 
 /// What start-up loads before anything listens: the config, the serving pair, the client CA.
