@@ -106,8 +106,9 @@ fn review_lines(server: &Server) -> Vec<String> {
 }
 
 /// Reviews the webhook has answered for pods in `ns`, whatever the outcome. Counted by
-/// namespace (from the log, written before each answer goes out): earlier tests' controllers
-/// may still be retrying pods elsewhere, such as a Deployment the webhook keeps denying.
+/// namespace (from the log, which the server writes out as soon as it goes idle after an
+/// answer, while the apiserver is still reading it): earlier tests' controllers may still be
+/// retrying pods elsewhere, such as a Deployment the webhook keeps denying.
 fn reviews_in(server: &Server, ns: &str) -> usize {
     review_lines(server)
         .iter()
