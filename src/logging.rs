@@ -66,16 +66,19 @@ pub fn flush() {
     flush_to(&mut io::stderr());
 }
 
+// The lines are only ever borrowed for the length of one call here, never across another
+// (`try_borrow_mut` all the same: a log must not be able to panic the server).
 fn idle(out: &mut dyn io::Write) {
-    HELD.with(|held| match &mut *held.borrow_mut() {
-        Some(lines) => write_out(lines, out),
-        none => *none = Some(Vec::with_capacity(BATCH_BYTES)),
+    HELD.with(|held| match held.try_borrow_mut().as_deref_mut() {
+        Ok(Some(lines)) => write_out(lines, out),
+        Ok(none) => *none = Some(Vec::with_capacity(BATCH_BYTES)),
+        Err(_) => {}
     });
 }
 
 fn flush_to(out: &mut dyn io::Write) {
     HELD.with(|held| {
-        if let Some(lines) = &mut *held.borrow_mut() {
+        if let Ok(Some(lines)) = held.try_borrow_mut().as_deref_mut() {
             write_out(lines, out);
         }
     });
