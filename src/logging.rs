@@ -34,7 +34,7 @@ pub fn init(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .with_writer(Stderr);
     // A second initialisation (tests) keeps the first subscriber.
     let _ = match format {
