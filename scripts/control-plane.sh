@@ -46,7 +46,8 @@ build() {
     command -v go >/dev/null || die "Go >= 1.26 is required to build the control plane (go not found on PATH)"
     local out tmp minor
     out="$(bin_dir)"
-    if ! [[ -x $out/kube-apiserver && -x $out/kube-controller-manager && -x $out/kubectl && -x $out/etcd ]]; then
+    if ! [[ -x $out/kube-apiserver && -x $out/kube-controller-manager && -x $out/kube-scheduler &&
+        -x $out/kubelet && -x $out/kubectl && -x $out/etcd ]]; then
         tmp="$out.partial.$$"
         rm -rf "$tmp"
         mkdir -p "$tmp"
@@ -64,7 +65,7 @@ build() {
         (cd "$HERE/control-plane/kubernetes" &&
             CGO_ENABLED=0 go build -mod=readonly -trimpath -ldflags "$ldflags" -o "$tmp/" \
                 k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-                k8s.io/kubernetes/cmd/kubectl) ||
+                k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubectl) ||
             die "Kubernetes build failed"
         rm -rf "$out"
         mv "$tmp" "$out"

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::Config;
+use crate::excerpt::{bounded, Quoted};
 use crate::inject::{decide, Decision, Policy, Reason};
 use crate::pod::{borrowed, Obj, PodView};
 
@@ -174,7 +175,7 @@ pub fn review(body: &[u8], policy: Policy, config: &Config) -> Result<Answer, Re
 /// The reference path: the envelope first, the object on its own.
 fn review_raw(body: &[u8], policy: Policy, config: &Config) -> Result<Answer, RequestError> {
     let env: Envelope<&RawValue> = serde_json::from_slice(body)
-        .map_err(|e| bad(format!("the body is not an AdmissionReview: {e}")))?;
+        .map_err(|e| bad(bounded(format!("the body is not an AdmissionReview: {e}"))))?;
     respond(env, policy, config, |object| match object {
         Some(raw) if raw.get() != "null" => PodView::parse(raw.get()),
         _ => Err(NO_OBJECT.into()),
@@ -191,14 +192,14 @@ fn respond<'b, O>(
 ) -> Result<Answer, RequestError> {
     if env.kind.as_deref() != Some(META_KIND) {
         return Err(bad(format!(
-            "the body is not an AdmissionReview (kind {:?})",
-            env.kind.as_deref().unwrap_or("")
+            "the body is not an AdmissionReview (kind {})",
+            Quoted(env.kind.as_deref().unwrap_or(""))
         )));
     }
     if env.api_version.as_deref() != Some(META_API_VERSION_V1) {
         return Err(bad(format!(
-            "unsupported AdmissionReview version {:?}: only {META_API_VERSION_V1} is supported",
-            env.api_version.as_deref().unwrap_or("")
+            "unsupported AdmissionReview version {}: only {META_API_VERSION_V1} is supported",
+            Quoted(env.api_version.as_deref().unwrap_or(""))
         )));
     }
     let req = env

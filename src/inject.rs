@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::{Config, Named, Share, Sidecar};
+use crate::excerpt::Quoted;
 use crate::pod::{PodView, Spec, StrMap};
 use crate::podsecurity::Level;
 
@@ -188,21 +189,38 @@ fn parse_bool(source: &str, key: &str, value: &str) -> Result<bool, String> {
         Ok(false)
     } else {
         Err(format!(
-            "{source} {key}: invalid value {value:?}: it takes \"true\" or \"false\""
+            "{source} {key}: invalid value {}: it takes \"true\" or \"false\"",
+            Quoted(value)
         ))
     }
 }
 
-/// Profile names in order, each once; `Err` for an empty list or an empty name.
+/// The most names a profile list may hold, and the longest it may be: a pod asks for a few
+/// profiles, and the caps keep the list's check (and its repeats) bounded work.
+pub const MAX_PROFILE_NAMES: usize = 32;
+pub const MAX_PROFILES_BYTES: usize = 1024;
+
+/// Profile names in order, each once; `Err` for an empty list, an empty name, or a list over
+/// the caps (checked before any name is compared, so a huge list costs one scan).
 fn parse_profiles(value: &str) -> Result<Vec<&str>, String> {
-    let mut names: Vec<&str> = Vec::new();
+    let count = value.bytes().filter(|&b| b == b',').count() + 1;
+    if value.len() > MAX_PROFILES_BYTES || count > MAX_PROFILE_NAMES {
+        return Err(format!(
+            "annotation {PROFILES_KEY}: {count} names in {} bytes: it takes at most \
+             {MAX_PROFILE_NAMES} profile names in at most {MAX_PROFILES_BYTES} bytes",
+            value.len()
+        ));
+    }
+    let mut names: Vec<&str> = Vec::with_capacity(count);
     for name in value.split(',').map(str::trim) {
         if name.is_empty() {
             return Err(format!(
-                "annotation {PROFILES_KEY}: invalid value {value:?}: it takes a comma-separated \
-                 list of profile names, none of them empty"
+                "annotation {PROFILES_KEY}: invalid value {}: it takes a comma-separated \
+                 list of profile names, none of them empty",
+                Quoted(value)
             ));
         }
+        // At most MAX_PROFILE_NAMES, so the linear look-up stays small.
         if !names.contains(&name) {
             names.push(name);
         }
@@ -215,8 +233,9 @@ fn check_mount_path(value: &str) -> Result<&str, String> {
         Ok(value)
     } else {
         Err(format!(
-            "annotation {APP_MOUNT_PATH_KEY}: invalid value {value:?}: it takes an absolute path \
-             with no \"..\" segment"
+            "annotation {APP_MOUNT_PATH_KEY}: invalid value {}: it takes an absolute path \
+             with no \"..\" segment",
+            Quoted(value)
         ))
     }
 }
@@ -419,7 +438,8 @@ fn select_profiles<'c: 'a, 'a>(
                     Reason::UnknownProfile,
                     400,
                     format!(
-                        "annotation {PROFILES_KEY}: unknown profile {name:?}; known profiles: {}",
+                        "annotation {PROFILES_KEY}: unknown profile {}; known profiles: {}",
+                        Quoted(name),
                         config.profile_names()
                     ),
                 ))
@@ -517,7 +537,8 @@ fn check_clashes(spec: &Spec<'_>, add: &Additions<'_, '_>) -> Result<(), Denial>
                 Reason::NameClash,
                 409,
                 clash_message(&format!(
-                    "the pod already has a container named {name:?} that sidecar-injector did not inject"
+                    "the pod already has a container named {} that sidecar-injector did not inject",
+                    Quoted(name)
                 )),
             ));
         }
@@ -546,10 +567,12 @@ fn check_clashes(spec: &Spec<'_>, add: &Additions<'_, '_>) -> Result<(), Denial>
                     Reason::NameClash,
                     409,
                     format!(
-                        "container {:?} already mounts {:?} at {path:?}, where sidecar-injector \
+                        "container {} already mounts {} at {}, where sidecar-injector \
                          mounts the shared volume; set annotation {APP_MOUNT_PATH_KEY} to another \
                          path, or opt this pod out with annotation {INJECT_KEY}: \"false\"",
-                        c.name, m.name
+                        Quoted(&c.name),
+                        Quoted(&m.name),
+                        Quoted(path)
                     ),
                 ));
             }
@@ -969,6 +992,53 @@ mod tests {
             );
             assert!(msg.contains(key), "{msg}");
         }
+    }
+
+    #[test]
+    fn profile_lists_over_the_caps_are_bad_annotations_however_long() {
+        let at_cap = vec!["default"; MAX_PROFILE_NAMES].join(",");
+        assert!(matches!(
+            decide_json(&opted_in(json!({PROFILES_KEY: at_cap})), Policy::Disabled),
+            Decision::Inject { .. }
+        ));
+        // 40k distinct names once took seconds (a quadratic de-duplication); now one scan.
+        let many: Vec<String> = (0..40_000).map(|i| format!("p{i}")).collect();
+        for value in [
+            vec!["default"; MAX_PROFILE_NAMES + 1].join(","),
+            format!("default,{}", "x".repeat(MAX_PROFILES_BYTES)),
+            many.join(","),
+        ] {
+            let (reason, code, msg) =
+                denial(&opted_in(json!({PROFILES_KEY: value})), Policy::Disabled);
+            assert_eq!((reason, code), (Reason::BadAnnotation, 400));
+            assert!(
+                msg.contains(&format!("at most {MAX_PROFILE_NAMES}")),
+                "{msg}"
+            );
+            assert!(msg.len() < 300, "{msg}");
+        }
+    }
+
+    #[test]
+    fn denials_quote_a_short_prefix_of_a_long_value() {
+        let long = "y".repeat(200_000);
+        for key in [
+            INJECT_KEY,
+            SHARE_PROCESS_KEY,
+            NATIVE_SIDECAR_KEY,
+            APP_MOUNT_PATH_KEY,
+        ] {
+            let mut pod = opted_in(json!({}));
+            pod["metadata"]["annotations"][key] = json!(long);
+            let (reason, _, msg) = denial(&pod, Policy::Enabled);
+            assert_eq!(reason, Reason::BadAnnotation, "{key}");
+            assert!(msg.contains(&format!("\"{}\"...", "y".repeat(64))), "{msg}");
+            assert!(msg.len() < 300, "{key}: {} bytes", msg.len());
+        }
+        let name = "n".repeat(1000);
+        let (reason, _, msg) = denial(&opted_in(json!({PROFILES_KEY: name})), Policy::Disabled);
+        assert_eq!(reason, Reason::UnknownProfile);
+        assert!(msg.len() < 300, "{msg}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod certs;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod excerpt;
 pub mod inject;
 pub mod kubeapi;
 pub mod limits;

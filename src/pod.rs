@@ -12,6 +12,8 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::excerpt::{bounded, Quoted};
+
 /// A JSON object decoded as `T`. serde lets a struct be written as an array too; the Pod
 /// schema does not, and a patch into an array where an object belongs would not apply.
 #[derive(Debug)]
@@ -233,8 +235,8 @@ impl<'a> PodView<'a> {
         if kind.is_some_and(|k| k != "Pod") || version.is_some_and(|v| v != "v1") {
             return Err(format!(
                 "the object is a {}/{}, not a v1 Pod",
-                version.unwrap_or(""),
-                kind.unwrap_or("")
+                Quoted(version.unwrap_or("")),
+                Quoted(kind.unwrap_or(""))
             ));
         }
         Ok(self)
@@ -243,14 +245,14 @@ impl<'a> PodView<'a> {
     /// Decodes a pod from JSON text.
     pub fn parse(json: &'a str) -> Result<PodView<'a>, String> {
         serde_json::from_str::<Obj<PodView>>(json)
-            .map_err(|e| format!("cannot decode the pod: {e}"))
+            .map_err(|e| bounded(format!("cannot decode the pod: {e}")))
             .and_then(|o| o.0.check_type())
     }
 
     /// Decodes a pod (or pod template) from a JSON value.
     pub fn from_value(value: &'a Value) -> Result<PodView<'a>, String> {
         Obj::<PodView>::deserialize(value)
-            .map_err(|e| format!("cannot decode the pod: {e}"))
+            .map_err(|e| bounded(format!("cannot decode the pod: {e}")))
             .and_then(|o| o.0.check_type())
     }
 

@@ -28,6 +28,7 @@ use tower::ServiceExt;
 
 use crate::admission::{review, Answer, Outcome, RequestError, MAX_BODY_BYTES};
 use crate::config::Config;
+use crate::excerpt::Quoted;
 use crate::inject::Policy;
 use crate::limits::{
     BudgetedBody, DeadlineIo, Reservation, Tracked, Unsent, SMALL_REVIEW_BYTES, WORK_FACTOR,
@@ -172,7 +173,8 @@ pub fn policy_from_query(
             "disabled" => Policy::Disabled,
             _ => {
                 return Err(RequestError::BadRequest(format!(
-                    "invalid policy {value:?}: it takes \"enabled\" or \"disabled\""
+                    "invalid policy {}: it takes \"enabled\" or \"disabled\"",
+                    Quoted(value)
                 )))
             }
         };
@@ -197,7 +199,8 @@ pub fn path_policy_segment(segment: &str) -> Result<Policy, RequestError> {
         "enabled" => Ok(Policy::Enabled),
         "disabled" => Ok(Policy::Disabled),
         other => Err(RequestError::BadRequest(format!(
-            "invalid policy {other:?} in the path: it takes /mutate/enabled or /mutate/disabled"
+            "invalid policy {} in the path: it takes /mutate/enabled or /mutate/disabled",
+            Quoted(other)
         ))),
     }
 }

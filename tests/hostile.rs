@@ -222,6 +222,54 @@ fn amplification_a_4_mib_pod_of_tiny_containers_is_denied_not_rendered() {
     target.assert_within_budget("amplification");
 }
 
+/// An opted-in pod CREATE with these extra annotations.
+fn review_with_annotations(annotations: Value) -> Vec<u8> {
+    let mut review: Value = serde_json::from_slice(&review_with_containers(1)).unwrap();
+    let meta = &mut review["request"]["object"]["metadata"]["annotations"];
+    for (k, v) in annotations.as_object().unwrap() {
+        meta[k] = v.clone();
+    }
+    serde_json::to_vec(&review).unwrap()
+}
+
+#[test]
+fn cpu_heavy_annotations_are_refused_in_one_scan_with_a_short_message() {
+    let target = Target::start();
+    // Under the apiserver's 256 KiB annotation limit: 28k distinct profile names took 2 s
+    // each when de-duplicated quadratically; a 200 KB inject value came back whole.
+    let names: Vec<String> = (0..28_000).map(|i| format!("p{i}")).collect();
+    let attacks = [
+        review_with_annotations(json!({"sidecar-injector.io/profiles": names.join(",")})),
+        review_with_annotations(json!({"sidecar-injector.io/inject": "x".repeat(200_000)})),
+    ];
+    common::rt().block_on(async {
+        let mut running = Vec::new();
+        for body in attacks.iter().cycle().take(8) {
+            let (client, url, body) = (target.client(true), target.url(), body.clone());
+            running.push(tokio::spawn(async move {
+                let start = Instant::now();
+                let res = client.post(url).body(body).send().await.unwrap();
+                assert_eq!(res.status(), 200);
+                let answer: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+                (start.elapsed(), answer)
+            }));
+        }
+        let neighbor = target.neighbor().await;
+        eprintln!("neighbor answered in {neighbor:?} during the attack");
+        assert!(neighbor < Duration::from_secs(1), "{neighbor:?}");
+        for r in running {
+            let (took, answer) = r.await.unwrap();
+            let response = &answer["response"];
+            assert_eq!(response["allowed"], false, "{response}");
+            assert_eq!(response["status"]["code"], 400, "{response}");
+            let msg = response["status"]["message"].as_str().unwrap();
+            assert!(msg.len() < 300, "{} bytes: {msg}", msg.len());
+            assert!(took < Duration::from_secs(1), "answered in {took:?}");
+        }
+    });
+    target.assert_within_budget("cpu-heavy annotations");
+}
+
 #[test]
 fn unread_answers_over_http2_lose_their_connection_and_memory() {
     let target = Target::start();

@@ -26,10 +26,19 @@ struct UidOnly {
 /// request object and is idempotent.
 pub fn check_review(data: &[u8], config: &Config) {
     for policy in [Policy::Enabled, Policy::Disabled] {
-        let Ok(answer) = review(data, policy, config) else {
-            continue;
+        let answer = match review(data, policy, config) {
+            Ok(answer) => answer,
+            Err(e) => {
+                assert!(e.to_string().len() <= 1024, "a bounded error: {e}");
+                continue;
+            }
         };
         let response: Value = serde_json::from_slice(&answer.body).expect("response is JSON");
+        let message = response["response"]["status"]["message"].as_str();
+        assert!(
+            message.unwrap_or("").len() <= 1024,
+            "a bounded message: {message:?}"
+        );
         let uid: Uid = serde_json::from_slice(data).expect("an answered body has a uid");
         assert_eq!(
             response["response"]["uid"],
