@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
-# A real Kubernetes control plane for the end-to-end suite: etcd, kube-apiserver and
-# kube-controller-manager built from their Go modules, started on 127.0.0.1.
+# A real Kubernetes cluster for the end-to-end suite: etcd, kube-apiserver,
+# kube-controller-manager and kube-scheduler built from their Go modules, started on
+# 127.0.0.1, and one kubelet node with containerd and runc that really runs pods
+# (control-plane/node.sh; ../shared/NODE.md has the facts it rests on).
 #
-#   control-plane.sh build       build (once per version) into the cache; prints the bin dir
-#   control-plane.sh start DIR   start everything with state under DIR; returns when /readyz is ok
-#   control-plane.sh stop DIR    stop what `start DIR` started (also after a failed start), and
-#                                any process whose command line names a file under DIR
+#   control-plane.sh build         build (once per version) into the cache; prints the bin dir
+#   control-plane.sh start DIR     start everything with state under DIR; returns when the
+#                                  node is Ready and untainted (first removing what an earlier,
+#                                  killed run left behind)
+#   control-plane.sh load DIR TAR  an OCI or docker image tar into the node and its registry
+#   control-plane.sh stop DIR      stop what `start DIR` started (also after a failed start), and
+#                                  any process whose command line names a file under DIR
 #
 # After start, DIR/env (shell syntax) has KUBECONFIG, APISERVER_URL, BIN_DIR, EGRESS_ROUTES,
-# WEBHOOK_CLIENT_CA (the CA of the certificate the apiserver presents to webhooks) and
-# CLUSTER_CA. Webhook calls to a Service go through DIR/egress.sock (see egress-proxy/main.go):
+# WEBHOOK_CLIENT_CA (the CA of the certificate the apiserver presents to webhooks),
+# CLUSTER_CA, NODE_NETNS (the node's network namespace: `ip netns exec $NODE_NETNS curl
+# http://POD_IP:8080` reaches a pod), CONTAINERD_ADDRESS and REGISTRY. Webhook calls to a Service go through DIR/egress.sock (see egress-proxy/main.go):
 # a line "CLUSTER_IP:PORT 127.0.0.1:PORT" in EGRESS_ROUTES sends them to a local server.
 # The apiserver traces every request; its "Call mutating webhook" spans are appended to
 # WEBHOOK_SPANS (JSON lines, see kubernetes/span-sink/main.go).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=control-plane/node.sh
+source "$HERE/control-plane/node.sh"
 K8S_VERSION=v1.37.2
 ETCD_VERSION=v3.7.3
 CACHE_ROOT="${SIDECAR_INJECTOR_CP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sidecar-injector/control-plane}"
@@ -156,8 +164,13 @@ start() {
     mkdir -p "$DIR/pki" "$DIR/etcd"
     DIR="$(cd "$DIR" && pwd)"
     [[ -e $DIR/pids ]] && die "$DIR/pids exists: stop $DIR first"
+    if [[ -f $NODE_MARK/dir && $(cat "$NODE_MARK/dir") != "$DIR" ]]; then
+        echo "control-plane: stopping what an earlier run left in $(cat "$NODE_MARK/dir")" >&2
+        (DIR=$(cat "$NODE_MARK/dir") && stop)
+    fi
     : >"$DIR/pids"
     trap 'stop' ERR
+    bash "$HERE/images.sh" base "$DIR/images"
     local etcd_port peer_port api_port sink_port
     etcd_port=$(free_port)
     sink_port=$(free_port)
@@ -171,6 +184,8 @@ start() {
 extendedKeyUsage=serverAuth"
     sign admin "/O=system:masters/CN=e2e-admin" ca "extendedKeyUsage=clientAuth"
     sign controller-manager "/CN=system:kube-controller-manager" ca "extendedKeyUsage=clientAuth"
+    sign scheduler "/CN=system:kube-scheduler" ca "extendedKeyUsage=clientAuth"
+    sign kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" ca "extendedKeyUsage=clientAuth"
     # The apiserver's identity towards webhooks, from a CA of its own (the server's --client-ca).
     sign webhook-client-ca "/CN=e2e-webhook-client-ca" self
     sign webhook-client "/CN=kube-apiserver-webhook-client" webhook-client-ca "extendedKeyUsage=clientAuth"
@@ -234,7 +249,9 @@ EOF
         --etcd-servers "http://127.0.0.1:$etcd_port" \
         --tls-cert-file "$DIR/pki/apiserver.crt" --tls-private-key-file "$DIR/pki/apiserver.key" \
         --client-ca-file "$DIR/pki/ca.crt" \
-        --authorization-mode RBAC \
+        --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+        --kubelet-preferred-address-types Hostname \
+        --kubelet-client-certificate "$DIR/pki/kubelet-client.crt" --kubelet-client-key "$DIR/pki/kubelet-client.key" \
         --service-account-issuer https://kubernetes.default.svc \
         --service-account-key-file "$DIR/pki/sa.pub" --service-account-signing-key-file "$DIR/pki/sa.key" \
         --service-cluster-ip-range "$SERVICE_CIDR" \
@@ -245,6 +262,7 @@ EOF
         --allow-privileged=true
     kubeconfig "$DIR/kubeconfig" admin
     kubeconfig "$DIR/controller-manager.kubeconfig" controller-manager
+    kubeconfig "$DIR/scheduler.kubeconfig" scheduler
     wait_for kube-apiserver 120 "$bin/kubectl" --kubeconfig "$DIR/kubeconfig" get --raw /readyz
 
     # Pods are only admitted where the ServiceAccount admission plugin finds the namespace's
@@ -255,10 +273,14 @@ EOF
         --authentication-kubeconfig "$DIR/controller-manager.kubeconfig" \
         --authorization-kubeconfig "$DIR/controller-manager.kubeconfig" \
         --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false \
-        --controllers deployment-controller,replicaset-controller,statefulset-controller,job-controller,cronjob-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,daemonset-controller \
+        --controllers deployment-controller,replicaset-controller,statefulset-controller,job-controller,cronjob-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,garbage-collector-controller,root-ca-certificate-publisher-controller,daemonset-controller,node-lifecycle-controller,endpoints-controller,endpointslice-controller,disruption-controller \
         --service-account-private-key-file "$DIR/pki/sa.key" --root-ca-file "$DIR/pki/ca.crt" \
         --use-service-account-credentials=true
     wait_for kube-controller-manager 60 "$bin/kubectl" --kubeconfig "$DIR/kubeconfig" -n default get serviceaccount default
+    run kube-scheduler "$bin/kube-scheduler" --kubeconfig "$DIR/scheduler.kubeconfig" \
+        --authentication-kubeconfig "$DIR/scheduler.kubeconfig" --authorization-kubeconfig "$DIR/scheduler.kubeconfig" \
+        --bind-address 127.0.0.1 --secure-port 0 --leader-elect=false
+    node_start "$bin" "$DIR/images"
 
     cat >"$DIR/env" <<EOF
 KUBECONFIG=$DIR/kubeconfig
@@ -268,6 +290,9 @@ EGRESS_ROUTES=$DIR/egress-routes
 WEBHOOK_CLIENT_CA=$DIR/pki/webhook-client-ca.crt
 CLUSTER_CA=$DIR/pki/ca.crt
 WEBHOOK_SPANS=$DIR/webhook-spans.jsonl
+NODE_NETNS=$NODE_NETNS
+CONTAINERD_ADDRESS=$NODE_DIR/containerd.sock
+REGISTRY=$NODE_REGISTRY
 EOF
     trap - ERR
     echo "control-plane: ready at $APISERVER_URL (state in $DIR)" >&2
@@ -275,6 +300,7 @@ EOF
 
 stop() {
     [[ -n ${DIR:-} ]] || die "usage: $0 stop DIR"
+    node_stop "$DIR"
     [[ -f $DIR/pids ]] || return 0
     local pid name pids=()
     while read -r pid name; do
@@ -294,10 +320,23 @@ stop() {
     rm -f "$DIR/pids" "$DIR/egress.sock"
 }
 
+# load: an image the suite built (the webhook's) into the running node.
+load() {
+    [[ -n ${DIR:-} && -f ${1:-} ]] || die "usage: $0 load DIR TAR"
+    # shellcheck source=/dev/null
+    source "$DIR/env"
+    NODE_DIR=$DIR/node NODE_REGISTRY=$REGISTRY
+    local ref
+    ref=$(tar -xOf "$1" manifest.json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["RepoTags"][0])' ||
+        tar -xOf "$1" index.json | python3 -c 'import json,sys; print(json.load(sys.stdin)["manifests"][0]["annotations"]["io.containerd.image.name"])')
+    node_load "$1" "$ref"
+}
+
 DIR="${2:-}"
 case "${1:-}" in
 build) build ;;
 start) start ;;
+load) load "${3:-}" ;;
 stop) stop ;;
-*) die "usage: $0 build | start DIR | stop DIR" ;;
+*) die "usage: $0 build | start DIR | load DIR TAR | stop DIR" ;;
 esac
