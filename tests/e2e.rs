@@ -120,10 +120,14 @@ fn reviews_in_now(ns: &str) -> usize {
     reviews_in(webhook().as_ref().unwrap(), ns)
 }
 
+/// The scheduler of pods that only exercise admission: none serves it, so they are stored and
+/// stay Pending, off the node (their spec never gains a nodeName while a test reads it).
+const OFF_NODE: &str = "sidecar-injector-e2e-admission-only";
+
 fn pod(ns: &str, name: &str, annotations: Value, labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": ns, "annotations": annotations, "labels": labels},
-        "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}})
+        "spec": {"schedulerName": OFF_NODE, "containers": [{"name": "app", "image": "nginx:1.27"}]}})
 }
 
 fn names(list: &Value) -> Vec<&str> {
@@ -336,7 +340,7 @@ fn controllers_create_injected_pods_from_annotated_templates() {
     let (_s, c) = scenario(ns, json!({}));
     let template = |app: &str, restart: &str| {
         json!({"metadata": {"labels": {"app": app}, "annotations": {INJECT: "true"}},
-            "spec": {"restartPolicy": restart, "containers": [{"name": "app", "image": "nginx:1.27"}]}})
+            "spec": {"restartPolicy": restart, "schedulerName": OFF_NODE, "containers": [{"name": "app", "image": "nginx:1.27"}]}})
     };
     let selector = |app: &str| json!({"matchLabels": {"app": app}});
     c.apply_ok(&json!({"apiVersion": "apps/v1", "kind": "Deployment",
@@ -353,7 +357,7 @@ fn controllers_create_injected_pods_from_annotated_templates() {
         "metadata": {"name": "plain", "namespace": ns, "annotations": {INJECT: "true"}},
         "spec": {"replicas": 1, "selector": selector("plain"),
             "template": {"metadata": {"labels": {"app": "plain"}},
-                "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}}}));
+                "spec": {"schedulerName": OFF_NODE, "containers": [{"name": "app", "image": "nginx:1.27"}]}}}}));
 
     let pods_of = |app: &str| -> Vec<Value> {
         c.get(ns, "pods")["items"]
@@ -1065,6 +1069,7 @@ fn latency_as_the_apiserver_sees_it() {
                 if !automount_token {
                     p["spec"]["automountServiceAccountToken"] = json!(false);
                 }
+                p["spec"]["schedulerName"] = json!(OFF_NODE);
                 let url = format!("{}/api/v1/namespaces/{ns}/pods", c.apiserver);
                 let start = Instant::now();
                 let res = client
@@ -1503,7 +1508,7 @@ fn deployment(ns: &str, name: &str, template_annotations: Value) -> Value {
         "metadata": {"name": name, "namespace": ns},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
             "template": {"metadata": {"labels": {"app": name}, "annotations": template_annotations},
-                "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}}}})
+                "spec": {"schedulerName": OFF_NODE, "containers": [{"name": "app", "image": "nginx:1.27"}]}}}})
 }
 
 #[test]

@@ -197,7 +197,7 @@ impl Creates {
                 // A fresh name every time, whatever earlier runs left in the namespace.
                 let pod = json!({"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"generateName": format!("{tag}-"), "namespace": LOOP_NS, "annotations": {INJECT: "true"}},
-                    "spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}});
+                    "spec": {"schedulerName": "sidecar-injector-e2e-admission-only", "containers": [{"name": "app", "image": "nginx:1.27"}]}});
                 let out = c.kubectl(
                     &["create", "-o", "json", "-f", "-"],
                     Some(pod.to_string().as_bytes()),
