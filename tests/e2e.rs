@@ -7,7 +7,9 @@
 //! `make certs` writes it, `clientConfig.service` untouched. The apiserver reaches the Service
 //! through its "cluster" egress selector: scripts/control-plane/egress-proxy forwards the
 //! Service's ClusterIP:443 to the release server on 127.0.0.1 (a route line per Service), so
-//! nothing leaves loopback. No kubelet: pods are admitted, stored and stay Pending.
+//! nothing leaves loopback. The cluster has a node (tests/node.rs uses it), but these
+//! scenarios only test admission: their pods name a scheduler nobody serves (`OFF_NODE`), so
+//! they are admitted, stored and stay Pending.
 
 mod common;
 #[path = "common/invariants.rs"]
