@@ -35,6 +35,9 @@ pub enum RequestError {
     /// bodies, or not reading their answers): try again.
     #[error("the server is at its memory budget for reviews in flight; retry")]
     Busy,
+    /// A fault of ours while reviewing (a panic caught): never the input's fault.
+    #[error("internal error while reviewing: {0}")]
+    Internal(String),
 }
 
 impl RequestError {
@@ -44,6 +47,7 @@ impl RequestError {
                 Reason::BadRequest
             }
             RequestError::TooLarge => Reason::TooLarge,
+            RequestError::Internal(_) => Reason::InternalError,
         }
     }
 
@@ -53,6 +57,7 @@ impl RequestError {
             RequestError::TooLarge => 413,
             RequestError::Timeout(_) => 408,
             RequestError::Busy => 503,
+            RequestError::Internal(_) => 500,
         }
     }
 }
@@ -147,6 +152,7 @@ fn bad(msg: impl Into<String>) -> RequestError {
 /// The Kubernetes StatusReason that goes with a denial code.
 fn status_reason(code: u16) -> &'static str {
     match code {
+        403 => "Forbidden",
         409 => "Conflict",
         413 => "RequestEntityTooLarge",
         _ => "BadRequest",
@@ -218,7 +224,7 @@ fn respond<'b, O>(
 
     let mut pod_name = None;
     let (decision, profiles) = if !is_pod_create {
-        (Decision::Unchanged(Reason::NotAPodCreate), Vec::new())
+        (Decision::unchanged(Reason::NotAPodCreate), Vec::new())
     } else {
         match decode(req.object) {
             Err(message) => (
@@ -245,7 +251,7 @@ fn respond<'b, O>(
         body,
         outcome: match decision {
             Decision::Inject { .. } => Outcome::Injected,
-            Decision::Unchanged(_) => Outcome::Skipped,
+            Decision::Unchanged { .. } => Outcome::Skipped,
             Decision::Deny { .. } => Outcome::Denied,
         },
         reason: decision.reason(),
@@ -274,17 +280,13 @@ fn render(uid: &str, decision: &Decision) -> Vec<u8> {
     out.push_str(r#"","response":{"uid":"#);
     json(&mut out, uid);
     match decision {
-        Decision::Unchanged(_) => out.push_str(r#","allowed":true"#),
+        Decision::Unchanged { .. } => out.push_str(r#","allowed":true"#),
         Decision::Inject { injection, .. } => {
             // A patch never goes without its type (kube-core's `with_patch` rule).
             out.push_str(r#","allowed":true,"patchType":"JSONPatch","patch":""#);
             base64::engine::general_purpose::STANDARD
                 .encode_string(injection.patch_json(), &mut out);
             out.push('"');
-            if !injection.warnings.is_empty() {
-                out.push_str(r#","warnings":"#);
-                json(&mut out, &injection.warnings);
-            }
         }
         Decision::Deny { code, message, .. } => {
             out.push_str(r#","allowed":false,"status":"#);
@@ -298,6 +300,10 @@ fn render(uid: &str, decision: &Decision) -> Vec<u8> {
                 },
             );
         }
+    }
+    if !decision.warnings().is_empty() {
+        out.push_str(r#","warnings":"#);
+        json(&mut out, decision.warnings());
     }
     // The reason, in the apiserver's audit log (prefixed there with the webhook's name).
     out.push_str(r#","auditAnnotations":{"reason":""#);

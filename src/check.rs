@@ -13,7 +13,9 @@ use serde_json::{json, Map, Value};
 
 use crate::admission::Outcome;
 use crate::config::Config;
-use crate::inject::{Policy, INJECT_KEY, STATUS_KEY};
+use crate::excerpt::Escaped;
+use crate::inject::{has_forged_status, Policy, INJECT_KEY, STATUS_KEY};
+use crate::pod::PodView;
 use crate::selection::{select, Selection, Skip};
 
 /// The ConfigMap that `deploy/` mounts as the server's config, in the webhook's namespace.
@@ -301,9 +303,13 @@ fn explain(
     }
 }
 
-/// What the status marker of an injected pod names.
+/// What the status marker of an injected pod names; none when it names a container the pod
+/// does not have (forged or left over: the webhook reviews such a pod as not injected).
 fn marker(pod: &Value) -> Option<(Vec<String>, Vec<String>)> {
     let text = pod["metadata"]["annotations"].get(STATUS_KEY)?.as_str()?;
+    if PodView::from_value(pod).is_ok_and(|view| has_forged_status(&view)) {
+        return None;
+    }
     let status: Value = serde_json::from_str(text).unwrap_or_default();
     let list = |key: &str| -> Vec<String> {
         status[key]
@@ -496,13 +502,15 @@ pub fn table(findings: &[Finding]) -> String {
         if !f.message.is_empty() {
             detail.push(f.message.clone());
         }
+        // Every cell but the verdict comes from the cluster: escaped for the terminal.
+        let shown = |text: &str| Escaped(text).to_string();
         [
-            f.namespace.clone(),
-            f.object.clone(),
+            shown(&f.namespace),
+            shown(&f.object),
             f.result.as_str().into(),
-            f.reason.clone(),
-            f.webhook.clone().unwrap_or_else(|| "-".into()),
-            detail.join("; "),
+            shown(&f.reason),
+            shown(f.webhook.as_deref().unwrap_or("-")),
+            shown(&detail.join("; ")),
         ]
     }))
     .collect();
@@ -980,10 +988,50 @@ mod tests {
         injected["metadata"]["annotations"][STATUS_KEY] = json!(
             r#"{"profiles":["default","logging"],"containers":["sidecar","log-tailer"],"initContainers":[],"volumes":["shared-data"]}"#
         );
+        // A status naming containers the pod does not have is a forgery: not injected.
+        let f = check(&plain, "Pod", &injected, true);
+        assert_eq!(
+            verdict(&f),
+            (
+                Verdict::MustRecreate,
+                "not-injected-at-create",
+                Some("sidecar-injector/pod.sidecar-injector.io")
+            )
+        );
+        for name in ["sidecar", "log-tailer"] {
+            injected["spec"]["containers"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": name, "image": "busybox:1.36"}));
+        }
         let f = check(&plain, "Pod", &injected, true);
         assert_eq!(verdict(&f), (Verdict::Injected, "already-injected", None));
         assert_eq!(f.profiles, ["default", "logging"]);
         assert_eq!(f.containers, ["sidecar", "log-tailer"]);
+    }
+
+    #[test]
+    fn the_table_escapes_what_it_prints_from_the_cluster() {
+        let finding = Finding {
+            namespace: "ns\u{1b}[2J".into(),
+            object: "Pod/web\u{202e}txt".into(),
+            result: Verdict::Injected,
+            reason: "already-injected".into(),
+            webhook: None,
+            profiles: vec!["a\nforged row".into()],
+            containers: Vec::new(),
+            message: String::new(),
+        };
+        let out = table(&[finding]);
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\u{202e}'),
+            "{out:?}"
+        );
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(
+            out.contains("ns\\u{1b}[2J") && out.contains("web\\u{202e}txt"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -119,7 +119,7 @@ fn inject(config: &Config, args: &InjectArgs) -> anyhow::Result<bool> {
         }
         return Ok(false);
     }
-    for line in &report.unchanged {
+    for line in report.unchanged.iter().chain(&report.warnings) {
         eprintln!("{line}");
     }
     std::io::stdout().write_all(report.output.as_bytes())?;

@@ -43,7 +43,14 @@ struct RawConfig {
     native_sidecars: bool,
     #[serde(default)]
     mount_service_account_token: bool,
+    #[serde(default = "allowed")]
+    allow_process_sharing: bool,
     profiles: BTreeMap<String, RawProfile>,
+}
+
+/// `allowProcessSharing` when the file does not say.
+fn allowed() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +149,8 @@ pub struct Config {
     /// plugin would add after our patch (`inject::token_volume`): the plugin then changes
     /// nothing, and the apiserver does not call the webhook a second time for the pod.
     pub mount_service_account_token: bool,
+    /// false: `share-process-namespace: "true"` is denied (`not-allowed`, 403).
+    pub allow_process_sharing: bool,
     pub profiles: BTreeMap<String, Profile>,
     /// What loads but deserves the operator's attention (e.g. a sidecar that "restricted"
     /// namespaces refuse), logged wherever the config is loaded.
@@ -457,6 +466,7 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
         default_profiles: raw.default_profiles,
         native_sidecars: raw.native_sidecars,
         mount_service_account_token: raw.mount_service_account_token,
+        allow_process_sharing: raw.allow_process_sharing,
         profiles,
         warnings,
     })

@@ -1,7 +1,8 @@
-//! Bounded quotes of hostile text. A denial's message travels into the create's error, the
+//! Hostile text made safe to show. A denial's message travels into the create's error, the
 //! apiserver's audit log and our own log: an offending value is quoted by its first
 //! [`QUOTE_CHARS`] characters only, and a message we did not write (a decoder's) is cut at
-//! [`MESSAGE_CHARS`].
+//! [`MESSAGE_CHARS`]. Text from a request or the cluster that reaches a log line or a
+//! terminal has its control and bidirectional-override characters escaped ([`Escaped`]).
 
 use std::fmt;
 
@@ -23,6 +24,33 @@ impl fmt::Display for Quoted<'_> {
             f.write_str("...")?;
         }
         Ok(())
+    }
+}
+
+/// Text with its control characters (`\n`, `\u{1b}`) and bidirectional controls (which
+/// reorder what a terminal shows, e.g. U+202E) escaped: the text log format and `check`'s
+/// table write fields as they are, and a newline in a uid would forge a line.
+pub struct Escaped<'a>(pub &'a str);
+
+/// Unicode's bidirectional formatting characters (UAX #9): embeddings, overrides, isolates
+/// and marks.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Runs between escaped characters go out whole: one call each, not one per char.
+        let mut rest = self.0;
+        while let Some((at, c)) = rest
+            .char_indices()
+            .find(|&(_, c)| c.is_control() || is_bidi_control(c))
+        {
+            f.write_str(&rest[..at])?;
+            write!(f, "{}", c.escape_default())?;
+            rest = &rest[at + c.len_utf8()..];
+        }
+        f.write_str(rest)
     }
 }
 
@@ -61,6 +89,15 @@ mod tests {
             Quoted(&"x".repeat(QUOTE_CHARS)).to_string().len(),
             QUOTE_CHARS + 2
         );
+    }
+
+    #[test]
+    fn control_and_bidi_characters_are_escaped() {
+        assert_eq!(
+            Escaped("a\nb\u{1b}[31m\u{202e}gpj.exe\u{2066}").to_string(),
+            "a\\nb\\u{1b}[31m\\u{202e}gpj.exe\\u{2066}"
+        );
+        assert_eq!(Escaped("pod-é ok").to_string(), "pod-é ok");
     }
 
     #[test]

@@ -62,14 +62,16 @@ pub enum Reason {
     OptedOut,
     NotOptedIn,
     UnknownProfile,
+    NotAllowed,
     Conflict,
     NameClash,
     OptedIn,
     NamespaceEnabled,
+    InternalError,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 15] = [
         Reason::BadRequest,
         Reason::TooLarge,
         Reason::NotAPodCreate,
@@ -79,10 +81,12 @@ impl Reason {
         Reason::OptedOut,
         Reason::NotOptedIn,
         Reason::UnknownProfile,
+        Reason::NotAllowed,
         Reason::Conflict,
         Reason::NameClash,
         Reason::OptedIn,
         Reason::NamespaceEnabled,
+        Reason::InternalError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -96,6 +100,8 @@ impl Reason {
             Reason::OptedOut => "opted-out",
             Reason::NotOptedIn => "not-opted-in",
             Reason::UnknownProfile => "unknown-profile",
+            Reason::NotAllowed => "not-allowed",
+            Reason::InternalError => "internal-error",
             Reason::Conflict => "conflict",
             Reason::NameClash => "name-clash",
             Reason::OptedIn => "opted-in",
@@ -156,7 +162,11 @@ pub enum Decision<'c> {
         reason: Reason,
         injection: Injection<'c>,
     },
-    Unchanged(Reason),
+    /// Allowed with no patch; warnings only for an ignored status annotation.
+    Unchanged {
+        reason: Reason,
+        warnings: Vec<String>,
+    },
     Deny {
         reason: Reason,
         code: u16,
@@ -168,8 +178,24 @@ impl Decision<'_> {
     pub fn reason(&self) -> Reason {
         match self {
             Decision::Inject { reason, .. }
-            | Decision::Unchanged(reason)
+            | Decision::Unchanged { reason, .. }
             | Decision::Deny { reason, .. } => *reason,
+        }
+    }
+
+    pub fn unchanged(reason: Reason) -> Self {
+        Decision::Unchanged {
+            reason,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The warnings the answer carries.
+    pub fn warnings(&self) -> &[String] {
+        match self {
+            Decision::Inject { injection, .. } => &injection.warnings,
+            Decision::Unchanged { warnings, .. } => warnings,
+            Decision::Deny { .. } => &[],
         }
     }
 
@@ -320,6 +346,45 @@ fn all_container_names<'s>(spec: &'s Spec<'_>) -> Vec<&'s str> {
         .collect()
 }
 
+/// The warning for a status annotation that names a container the pod does not have.
+pub const FORGED_STATUS_WARNING: &str = "sidecar-injector: the pod's sidecar-injector.io/status \
+    annotation names containers the pod does not have (forged, or left from a copied pod): \
+    it was ignored and the pod reviewed as not injected";
+
+/// Whether a status annotation names a container (in `containers` or `initContainers`) that
+/// the pod does not have. A status that is not a JSON object names nothing.
+fn status_is_forged(status: &str, spec: &Spec<'_>) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Named<'a> {
+        #[serde(default, borrow)]
+        containers: Vec<Cow<'a, str>>,
+        #[serde(default, borrow, rename = "initContainers")]
+        init_containers: Vec<Cow<'a, str>>,
+    }
+    let Ok(Named {
+        containers,
+        init_containers,
+    }) = serde_json::from_str::<Named>(status)
+    else {
+        return false;
+    };
+    // A set: a status may name many containers, a pod have many (both are hostile input).
+    let have: std::collections::HashSet<&str> = all_container_names(spec).into_iter().collect();
+    containers
+        .iter()
+        .chain(&init_containers)
+        .any(|name| !have.contains(name.as_ref()))
+}
+
+/// Whether the pod's status annotation names a container it does not have.
+pub fn has_forged_status(pod: &PodView<'_>) -> bool {
+    let status = pod.annotations().and_then(|a| a.get(STATUS_KEY));
+    match (status, pod.spec.as_ref()) {
+        (Some(status), Some(spec)) => status_is_forged(status, spec),
+        _ => false,
+    }
+}
+
 /// Decides what to do with a pod CREATE. `pod` is the request object, already decoded.
 pub fn decide<'c>(pod: &PodView<'_>, policy: Policy, config: &'c Config) -> Decision<'c> {
     let Some(spec) = pod.spec.as_ref() else {
@@ -327,10 +392,34 @@ pub fn decide<'c>(pod: &PodView<'_>, policy: Policy, config: &'c Config) -> Deci
     };
     let empty = StrMap::default();
     let annotations = pod.annotations().unwrap_or(&empty);
-    let labels = pod.labels().unwrap_or(&empty);
-    if annotations.contains_key(STATUS_KEY) {
-        return Decision::Unchanged(Reason::AlreadyInjected);
+    match annotations.get(STATUS_KEY) {
+        Some(status) if status_is_forged(status, spec) => {
+            let mut decision = decide_fresh(pod, spec, annotations, policy, config);
+            let warnings = match &mut decision {
+                Decision::Inject { injection, .. } => Some(&mut injection.warnings),
+                Decision::Unchanged { warnings, .. } => Some(warnings),
+                Decision::Deny { .. } => None,
+            };
+            if let Some(warnings) = warnings {
+                warnings.push(FORGED_STATUS_WARNING.into());
+            }
+            decision
+        }
+        Some(_) => Decision::unchanged(Reason::AlreadyInjected),
+        None => decide_fresh(pod, spec, annotations, policy, config),
     }
+}
+
+/// The decision for a pod not injected yet.
+fn decide_fresh<'c>(
+    pod: &PodView<'_>,
+    spec: &Spec<'_>,
+    annotations: &StrMap<'_>,
+    policy: Policy,
+    config: &'c Config,
+) -> Decision<'c> {
+    let empty = StrMap::default();
+    let labels = pod.labels().unwrap_or(&empty);
 
     // The opt-in key: the annotation wins over the label, and only its value is checked.
     let opt_in = match annotations.get(INJECT_KEY) {
@@ -340,11 +429,11 @@ pub fn decide<'c>(pod: &PodView<'_>, policy: Policy, config: &'c Config) -> Deci
     let reason = match opt_in {
         Some((source, value)) => match parse_bool(source, INJECT_KEY, value) {
             Err(message) => return Decision::deny(Reason::BadAnnotation, 400, message),
-            Ok(false) => return Decision::Unchanged(Reason::OptedOut),
+            Ok(false) => return Decision::unchanged(Reason::OptedOut),
             Ok(true) => Reason::OptedIn,
         },
         None if policy == Policy::Enabled => Reason::NamespaceEnabled,
-        None => return Decision::Unchanged(Reason::NotOptedIn),
+        None => return Decision::unchanged(Reason::NotOptedIn),
     };
 
     match plan(pod, spec, annotations, config) {
@@ -493,9 +582,21 @@ fn check_conflicts(
     spec: &Spec<'_>,
     options: &Options<'_>,
     add: &Additions<'_, '_>,
+    config: &Config,
 ) -> Result<Share, Denial> {
     if !options.share {
         return Ok(Share::No);
+    }
+    if !config.allow_process_sharing {
+        return Err((
+            Reason::NotAllowed,
+            403,
+            format!(
+                "annotation {SHARE_PROCESS_KEY}: \"true\" is not allowed here: the injector's \
+                 config sets allowProcessSharing: false (a process-sharing sidecar can see and \
+                 signal the app's processes); remove the annotation or ask the cluster operator"
+            ),
+        ));
     }
     if spec.share_process_namespace == Some(false) {
         return Err((
@@ -788,7 +889,7 @@ fn plan<'c>(
 ) -> Result<Injection<'c>, Denial> {
     let options = read_options(annotations, config)?;
     let add = select_profiles(&options, config)?;
-    let sharing = check_conflicts(spec, &options, &add)?;
+    let sharing = check_conflicts(spec, &options, &add, config)?;
     check_clashes(spec, &add)?;
     let token = config
         .mount_service_account_token
@@ -904,7 +1005,7 @@ mod tests {
         let pod = pod_with(json!({}), json!({INJECT_KEY: "FALSE"}), app_spec());
         assert_eq!(
             decide_json(&pod, Policy::Enabled),
-            Decision::Unchanged(Reason::OptedOut)
+            Decision::unchanged(Reason::OptedOut)
         );
     }
 
@@ -917,7 +1018,7 @@ mod tests {
         );
         assert_eq!(
             decide_json(&pod, Policy::Enabled),
-            Decision::Unchanged(Reason::OptedOut)
+            Decision::unchanged(Reason::OptedOut)
         );
         let pod = pod_with(
             json!({INJECT_KEY: "true"}),
@@ -935,7 +1036,7 @@ mod tests {
         let pod = pod_with(json!({}), json!({}), app_spec());
         assert_eq!(
             decide_json(&pod, Policy::Disabled),
-            Decision::Unchanged(Reason::NotOptedIn)
+            Decision::unchanged(Reason::NotOptedIn)
         );
         assert_eq!(
             decide_json(&pod, Policy::Enabled).reason(),
@@ -944,7 +1045,7 @@ mod tests {
         let pod = pod_with(json!({INJECT_KEY: "false"}), json!({}), app_spec());
         assert_eq!(
             decide_json(&pod, Policy::Enabled),
-            Decision::Unchanged(Reason::OptedOut)
+            Decision::unchanged(Reason::OptedOut)
         );
     }
 
@@ -973,7 +1074,7 @@ mod tests {
         );
         assert_eq!(
             decide_json(&pod, Policy::Disabled),
-            Decision::Unchanged(Reason::NotOptedIn)
+            Decision::unchanged(Reason::NotOptedIn)
         );
         for (key, value) in [
             (PROFILES_KEY, ""),
@@ -1050,8 +1151,79 @@ mod tests {
         );
         assert_eq!(
             decide_json(&pod, Policy::Enabled),
-            Decision::Unchanged(Reason::AlreadyInjected)
+            Decision::unchanged(Reason::AlreadyInjected)
         );
+    }
+
+    #[test]
+    fn a_status_naming_a_missing_container_is_ignored_with_one_warning() {
+        let forged = r#"{"containers":["sidecar"],"initContainers":[]}"#;
+        // Opted in: injected as if it had no status, which the patch overwrites.
+        let pod = opted_in(json!({STATUS_KEY: forged}));
+        match decide_json(&pod, Policy::Disabled) {
+            Decision::Inject { injection, .. } => {
+                assert_eq!(injection.warnings, vec![FORGED_STATUS_WARNING.to_string()]);
+                assert!(injection.ops.iter().any(|o| o.path == STATUS_PATH));
+            }
+            other => panic!("expected an injection, got {other:?}"),
+        }
+        let out = injected(&pod, Policy::Disabled);
+        assert_ne!(out["metadata"]["annotations"][STATUS_KEY], forged);
+        assert_eq!(
+            decide_json(&out, Policy::Enabled),
+            Decision::unchanged(Reason::AlreadyInjected)
+        );
+        // Not opted in: left unchanged, with the warning; in an enabled namespace, injected.
+        let plain = pod_with(json!({STATUS_KEY: forged}), json!({}), app_spec());
+        assert_eq!(
+            decide_json(&plain, Policy::Disabled),
+            Decision::Unchanged {
+                reason: Reason::NotOptedIn,
+                warnings: vec![FORGED_STATUS_WARNING.into()]
+            }
+        );
+        assert!(matches!(
+            decide_json(&plain, Policy::Enabled),
+            Decision::Inject { .. }
+        ));
+        // What the pod does have still clashes.
+        let mut clash = opted_in(json!({STATUS_KEY: r#"{"containers":["ghost"]}"#}));
+        clash["spec"]["containers"] =
+            json!([{"name": "app", "image": "nginx"}, {"name": "sidecar", "image": "x"}]);
+        assert_eq!(denial(&clash, Policy::Disabled).0, Reason::NameClash);
+    }
+
+    #[test]
+    fn a_status_naming_only_what_the_pod_has_or_nothing_means_injected() {
+        for status in [
+            r#"{"containers":["app"]}"#,
+            r#"{"initContainers":[],"profiles":["x"]}"#,
+            "not json",
+            "[\"ghost\"]",
+            "",
+        ] {
+            let pod = opted_in(json!({STATUS_KEY: status}));
+            assert_eq!(
+                decide_json(&pod, Policy::Enabled),
+                Decision::unchanged(Reason::AlreadyInjected),
+                "{status:?}"
+            );
+        }
+        // Many names against many containers: a set, not a scan per name.
+        let names: Vec<String> = (0..40_000).map(|i| format!("c{i}")).collect();
+        let containers: Vec<Value> = names.iter().map(|n| json!({"name": n})).collect();
+        let status = json!({"containers": names}).to_string();
+        let pod = pod_with(
+            json!({STATUS_KEY: status}),
+            json!({}),
+            json!({"containers": containers}),
+        );
+        let start = std::time::Instant::now();
+        assert_eq!(
+            decide_json(&pod, Policy::Enabled),
+            Decision::unchanged(Reason::AlreadyInjected)
+        );
+        assert!(start.elapsed() < std::time::Duration::from_secs(1));
     }
 
     #[test]
@@ -1059,7 +1231,7 @@ mod tests {
         let out = injected(&opted_in(json!({})), Policy::Disabled);
         assert_eq!(
             decide_json(&out, Policy::Enabled),
-            Decision::Unchanged(Reason::AlreadyInjected)
+            Decision::unchanged(Reason::AlreadyInjected)
         );
     }
 
@@ -1304,6 +1476,55 @@ mod tests {
         let config = Config::from_yaml(&yaml, "test").unwrap();
         assert_eq!(config.mount_service_account_token, on);
         config
+    }
+
+    #[test]
+    fn process_sharing_can_be_refused_by_the_config() {
+        let yaml = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/default-config.yaml"
+        ))
+        .unwrap()
+        .replace(
+            "defaultProfiles: [default]",
+            "defaultProfiles: [default]\nallowProcessSharing: false",
+        );
+        let config = Config::from_yaml(&yaml, "test").unwrap();
+        assert!(!config.allow_process_sharing && super::tests::config().allow_process_sharing);
+        let share = opted_in(json!({SHARE_PROCESS_KEY: "true"}));
+        let decision = decide(
+            &PodView::from_value(&share).unwrap(),
+            Policy::Disabled,
+            &config,
+        );
+        match decision {
+            Decision::Deny {
+                reason,
+                code,
+                message,
+            } => {
+                assert_eq!((reason, code), (Reason::NotAllowed, 403));
+                assert!(message.contains("allowProcessSharing: false"), "{message}");
+            }
+            other => panic!("expected a denial, got {other:?}"),
+        }
+        // Precedence: an unknown profile is named before sharing is refused.
+        let mut both = share.clone();
+        both["metadata"]["annotations"][PROFILES_KEY] = json!("nope");
+        let decision = decide(
+            &PodView::from_value(&both).unwrap(),
+            Policy::Disabled,
+            &config,
+        );
+        assert_eq!(decision.reason(), Reason::UnknownProfile);
+        // Without the annotation, nothing changes.
+        let plain = opted_in(json!({}));
+        let decision = decide(
+            &PodView::from_value(&plain).unwrap(),
+            Policy::Disabled,
+            &config,
+        );
+        assert!(matches!(decision, Decision::Inject { .. }));
     }
 
     #[test]

@@ -132,23 +132,6 @@ impl io::Write for Stderr {
     }
 }
 
-/// A request-derived log field with its control characters escaped (`\n`, `\u{1b}`): the
-/// text log format writes fields as they are, and a newline in a uid would forge a line.
-pub struct Escaped<'a>(pub &'a str);
-
-impl fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Runs between control characters go out whole: one call each, not one per char.
-        let mut rest = self.0;
-        while let Some((at, c)) = rest.char_indices().find(|(_, c)| c.is_control()) {
-            f.write_str(&rest[..at])?;
-            write!(f, "{}", c.escape_default())?;
-            rest = &rest[at + c.len_utf8()..];
-        }
-        f.write_str(rest)
-    }
-}
-
 /// tracing's JSON line (`flatten_event`: timestamp, level, the event's fields, target),
 /// written directly for this crate's events outside spans.
 pub struct JsonLine<T> {
@@ -298,6 +281,7 @@ impl<W: Write + ?Sized> Write for EscapeJson<'_, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::excerpt::Escaped;
     use std::io;
     use std::sync::{Arc, Mutex};
 

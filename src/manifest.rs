@@ -24,6 +24,45 @@ pub struct Report {
     pub unchanged: Vec<String>,
     /// `Kind/name: message` for every pod template that would be denied.
     pub denials: Vec<String>,
+    /// `Kind/name: warning: ...`: the answer's warnings, and one line for each sidecar
+    /// written to run as root.
+    pub warnings: Vec<String>,
+}
+
+/// The containers of an injected pod (template) that the status names and that run as uid 0.
+fn root_sidecars(template: &Value) -> Vec<String> {
+    let status = template
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(crate::inject::STATUS_KEY))
+        .and_then(Value::as_str)
+        .and_then(|s| serde_json::from_str::<Value>(s).ok())
+        .unwrap_or_default();
+    let named = |list: &str| -> Vec<String> {
+        status[list]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
+    };
+    ["containers", "initContainers"]
+        .into_iter()
+        .flat_map(|list| {
+            let names = named(list);
+            template["spec"][list]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(move |c| {
+                    c["name"]
+                        .as_str()
+                        .is_some_and(|n| names.iter().any(|x| x == n))
+                })
+                .filter(|c| c["securityContext"]["runAsUser"] == 0)
+                .filter_map(|c| c["name"].as_str().map(String::from))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// Where a kind keeps its pod template, as a JSON pointer.
@@ -81,7 +120,9 @@ fn process(doc: &mut Value, policy: Policy, config: &Config, report: &mut Report
         }
     };
     match decision {
-        Decision::Unchanged(reason) => report.unchanged.push(format!("{who}: {}", reason.as_str())),
+        Decision::Unchanged { reason, .. } => {
+            report.unchanged.push(format!("{who}: {}", reason.as_str()))
+        }
         Decision::Deny { message, .. } => report.denials.push(format!("{who}: {message}")),
         Decision::Inject { injection, .. } => {
             let applied = serde_json::from_str::<json_patch::Patch>(&injection.patch_json())
@@ -91,6 +132,16 @@ fn process(doc: &mut Value, policy: Policy, config: &Config, report: &mut Report
                 report
                     .denials
                     .push(format!("{who}: the patch does not apply: {e}"));
+                return;
+            }
+            for warning in &injection.warnings {
+                report.warnings.push(format!("{who}: warning: {warning}"));
+            }
+            for name in root_sidecars(template) {
+                report.warnings.push(format!(
+                    "{who}: warning: sidecar {name:?} runs as root (uid 0) to see and signal \
+                     the app's processes"
+                ));
             }
         }
     }

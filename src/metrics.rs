@@ -74,19 +74,22 @@ pub struct Metrics {
     leader: Gauge,
 }
 
-/// The outcome that goes with each reason, so every series exists from the start.
-fn outcome_of(reason: Reason) -> Outcome {
+/// The outcomes each reason can come with, so every series exists from the start:
+/// `too-large` is an HTTP 413 for a body, and a denial for a pod whose patch would not fit.
+fn outcomes_of(reason: Reason) -> &'static [Outcome] {
     match reason {
-        Reason::BadRequest | Reason::TooLarge => Outcome::Error,
+        Reason::BadRequest | Reason::InternalError => &[Outcome::Error],
+        Reason::TooLarge => &[Outcome::Error, Outcome::Denied],
         Reason::NotAPodCreate | Reason::AlreadyInjected | Reason::OptedOut | Reason::NotOptedIn => {
-            Outcome::Skipped
+            &[Outcome::Skipped]
         }
         Reason::BadObject
         | Reason::BadAnnotation
         | Reason::UnknownProfile
+        | Reason::NotAllowed
         | Reason::Conflict
-        | Reason::NameClash => Outcome::Denied,
-        Reason::OptedIn | Reason::NamespaceEnabled => Outcome::Injected,
+        | Reason::NameClash => &[Outcome::Denied],
+        Reason::OptedIn | Reason::NamespaceEnabled => &[Outcome::Injected],
     }
 }
 
@@ -167,12 +170,14 @@ impl Metrics {
             cert_expiry.clone(),
         );
         for reason in Reason::ALL {
-            requests
-                .get_or_create(&RequestLabels {
-                    outcome: outcome_of(reason).as_str(),
-                    reason: reason.as_str(),
-                })
-                .inc_by(0);
+            for outcome in outcomes_of(reason) {
+                requests
+                    .get_or_create(&RequestLabels {
+                        outcome: outcome.as_str(),
+                        reason: reason.as_str(),
+                    })
+                    .inc_by(0);
+            }
         }
         for kind in [
             ReloadKind::Certificate,
@@ -267,6 +272,22 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_reason_and_outcome_series_exists_from_the_start() {
+        let text = Metrics::new().encode();
+        for (outcome, reason) in [
+            ("denied", "too-large"),
+            ("error", "too-large"),
+            ("denied", "not-allowed"),
+            ("error", "internal-error"),
+        ] {
+            let series = format!(
+                r#"sidecar_injector_admission_requests_total{{outcome="{outcome}",reason="{reason}"}} 0"#
+            );
+            assert!(text.contains(&series), "{series}");
+        }
+    }
 
     #[test]
     fn exposes_the_spec_series() {

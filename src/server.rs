@@ -28,12 +28,12 @@ use tower::ServiceExt;
 
 use crate::admission::{review, Answer, Outcome, RequestError, MAX_BODY_BYTES};
 use crate::config::Config;
-use crate::excerpt::Quoted;
+use crate::excerpt::{Escaped, Quoted};
 use crate::inject::Policy;
 use crate::limits::{
     BudgetedBody, DeadlineIo, Reservation, Tracked, Unsent, SMALL_REVIEW_BYTES, WORK_FACTOR,
 };
-use crate::logging::{self, Escaped, LogFormat};
+use crate::logging::{self, LogFormat};
 use crate::metrics::Metrics;
 use crate::reload::{self, Sources};
 use crate::state::AppState;
@@ -205,6 +205,23 @@ pub fn path_policy_segment(segment: &str) -> Result<Policy, RequestError> {
     }
 }
 
+/// The review, with a panic (a bug of ours, whatever the input) answered 500 `internal-error`
+/// instead of ending the connection: the panic's message is logged by the panic hook.
+fn guarded_review(bytes: &[u8], policy: Policy, config: &Config) -> Result<Answer, RequestError> {
+    guarded(|| review(bytes, policy, config))
+}
+
+fn guarded<T>(work: impl FnOnce() -> Result<T, RequestError>) -> Result<T, RequestError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Err(RequestError::Internal(what))
+    })
+}
+
 async fn read_and_review(
     state: &AppState,
     path_policy: Option<&str>,
@@ -319,11 +336,11 @@ async fn read_and_review(
     let config = state.config();
     let answer = if bytes.len() > BLOCKING_REVIEW_BYTES {
         // Tens of milliseconds of CPU: off the async workers, so other connections are served.
-        tokio::task::spawn_blocking(move || review(&bytes, policy, &config))
+        tokio::task::spawn_blocking(move || guarded_review(&bytes, policy, &config))
             .await
-            .map_err(|e| RequestError::BadRequest(format!("the review failed: {e}")))??
+            .map_err(|e| RequestError::Internal(e.to_string()))??
     } else {
-        review(&bytes, policy, &config)?
+        guarded_review(&bytes, policy, &config)?
     };
     let held = reservation.kib() * 1024;
     if answer.body.len() > held {
@@ -840,6 +857,17 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_panic_while_reviewing_is_a_500_internal_error() {
+        let err = guarded::<()>(|| panic!("a bug")).unwrap_err();
+        assert_eq!(err, RequestError::Internal("a bug".into()));
+        assert_eq!(err.http_status(), 500);
+        assert_eq!(err.reason(), crate::inject::Reason::InternalError);
+        assert!(guarded(|| Ok(1)).is_ok());
+        let series = r#"sidecar_injector_admission_requests_total{outcome="error",reason="internal-error"} 0"#;
+        assert!(Metrics::new().encode().contains(series), "{series}");
+    }
     use axum::http::Request;
     use tower::ServiceExt;
 

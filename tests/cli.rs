@@ -89,6 +89,44 @@ fn inject_uses_only_the_pod_template_metadata() {
 }
 
 #[test]
+fn inject_warns_on_stderr_for_each_root_sidecar_it_writes() {
+    let pod = |name: &str, security: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\n  annotations:\n    \
+             sidecar-injector.io/inject: \"true\"\n    \
+             sidecar-injector.io/share-process-namespace: \"true\"\n    \
+             sidecar-injector.io/profiles: default,logging\nspec:\n{security}  containers:\n  \
+             - {{name: app, image: bitnami/nginx}}\n"
+        )
+    };
+    let text = format!(
+        "{}---\n{}",
+        pod("debug", ""),
+        pod("same-uid", "  securityContext: {runAsUser: 1001}\n")
+    );
+    let out = run(&["inject"], text.as_bytes());
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let root_lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("runs as root"))
+        .collect();
+    assert_eq!(
+        root_lines,
+        [
+            "Pod/debug: warning: sidecar \"sidecar\" runs as root (uid 0) to see and signal the app's processes",
+            "Pod/debug: warning: sidecar \"log-tailer\" runs as root (uid 0) to see and signal the app's processes",
+        ],
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("Pod/debug: warning: ") && stderr.contains("SYS_PTRACE"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Pod/same-uid"), "{stderr}");
+}
+
+#[test]
 fn inject_handles_every_workload_kind_and_says_why_not() {
     let out = run(
         &[
@@ -104,9 +142,18 @@ fn inject_handles_every_workload_kind_and_says_why_not() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(
-        stderr,
-        "StatefulSet/db: not-opted-in\nJob/once: opted-out\n"
+        lines[..2],
+        ["StatefulSet/db: not-opted-in", "Job/once: opted-out"],
+        "{stderr}"
+    );
+    // The DaemonSet shares its process namespace with an app of unknown uid: root sidecar.
+    assert_eq!(lines.len(), 4, "{stderr}");
+    assert!(lines[2].starts_with("DaemonSet/agent: warning: ") && lines[2].contains("SYS_PTRACE"));
+    assert_eq!(
+        lines[3],
+        "DaemonSet/agent: warning: sidecar \"sidecar\" runs as root (uid 0) to see and signal the app's processes"
     );
     let docs = yaml_docs(&String::from_utf8(out.stdout).unwrap());
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
@@ -133,9 +180,14 @@ fn inject_handles_every_workload_kind_and_says_why_not() {
         ],
         b"",
     );
+    let stderr = String::from_utf8(out.stderr).unwrap();
     assert_eq!(
-        String::from_utf8(out.stderr).unwrap(),
-        "Job/once: opted-out\n"
+        stderr
+            .lines()
+            .filter(|l| !l.contains(": warning: "))
+            .collect::<Vec<_>>(),
+        ["Job/once: opted-out"],
+        "{stderr}"
     );
 
     // The output validates strictly, and injecting it again changes nothing.
