@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use crate::admission::Outcome;
 use crate::config::Config;
 use crate::excerpt::Escaped;
-use crate::inject::{has_forged_status, Policy, INJECT_KEY, STATUS_KEY};
+use crate::inject::{has_forged_status, Policy, StatusNames, INJECT_KEY, STATUS_KEY};
 use crate::pod::PodView;
 use crate::selection::{select, Selection, Skip};
 
@@ -310,18 +310,12 @@ fn marker(pod: &Value) -> Option<(Vec<String>, Vec<String>)> {
     if PodView::from_value(pod).is_ok_and(|view| has_forged_status(&view)) {
         return None;
     }
-    let status: Value = serde_json::from_str(text).unwrap_or_default();
-    let list = |key: &str| -> Vec<String> {
-        status[key]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect()
-    };
-    let mut containers = list("containers");
-    containers.extend(list("initContainers"));
-    Some((list("profiles"), containers))
+    let status = StatusNames::parse(text);
+    let profiles = status.profiles.iter().map(|p| p.to_string()).collect();
+    Some((
+        profiles,
+        status.all_containers().map(String::from).collect(),
+    ))
 }
 
 fn timestamp(value: Option<&Value>) -> Option<time::OffsetDateTime> {

@@ -351,29 +351,40 @@ pub const FORGED_STATUS_WARNING: &str = "sidecar-injector: the pod's sidecar-inj
     annotation names containers the pod does not have (forged, or left from a copied pod): \
     it was ignored and the pod reviewed as not injected";
 
-/// Whether a status annotation names a container (in `containers` or `initContainers`) that
-/// the pod does not have. A status that is not a JSON object names nothing.
-fn status_is_forged(status: &str, spec: &Spec<'_>) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Named<'a> {
-        #[serde(default, borrow)]
-        containers: Vec<Cow<'a, str>>,
-        #[serde(default, borrow, rename = "initContainers")]
-        init_containers: Vec<Cow<'a, str>>,
+/// What a status annotation names (SPEC: a JSON object; one that is not names nothing).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusNames<'a> {
+    #[serde(default, borrow)]
+    pub profiles: Vec<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub containers: Vec<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub init_containers: Vec<Cow<'a, str>>,
+}
+
+impl<'a> StatusNames<'a> {
+    pub fn parse(status: &'a str) -> StatusNames<'a> {
+        serde_json::from_str(status).unwrap_or_default()
     }
-    let Ok(Named {
-        containers,
-        init_containers,
-    }) = serde_json::from_str::<Named>(status)
-    else {
-        return false;
-    };
+
+    /// The containers and init containers it names.
+    pub fn all_containers(&self) -> impl Iterator<Item = &str> {
+        self.containers
+            .iter()
+            .chain(&self.init_containers)
+            .map(Cow::as_ref)
+    }
+}
+
+/// Whether a status annotation names a container (in `containers` or `initContainers`) that
+/// the pod does not have.
+fn status_is_forged(status: &str, spec: &Spec<'_>) -> bool {
     // A set: a status may name many containers, a pod have many (both are hostile input).
     let have: std::collections::HashSet<&str> = all_container_names(spec).into_iter().collect();
-    containers
-        .iter()
-        .chain(&init_containers)
-        .any(|name| !have.contains(name.as_ref()))
+    StatusNames::parse(status)
+        .all_containers()
+        .any(|name| !have.contains(name))
 }
 
 /// Whether the pod's status annotation names a container it does not have.

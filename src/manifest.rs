@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::inject::{decide, Decision, Policy};
+use crate::inject::{decide, Decision, Policy, StatusNames, STATUS_KEY};
 use crate::pod::PodView;
 use crate::yaml::{read_documents, write_document, YamlError};
 
@@ -31,37 +31,20 @@ pub struct Report {
 
 /// The containers of an injected pod (template) that the status names and that run as uid 0.
 fn root_sidecars(template: &Value) -> Vec<String> {
-    let status = template
+    let text = template
         .pointer("/metadata/annotations")
-        .and_then(|a| a.get(crate::inject::STATUS_KEY))
+        .and_then(|a| a.get(STATUS_KEY))
         .and_then(Value::as_str)
-        .and_then(|s| serde_json::from_str::<Value>(s).ok())
         .unwrap_or_default();
-    let named = |list: &str| -> Vec<String> {
-        status[list]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect()
-    };
+    let status = StatusNames::parse(text);
+    let named: Vec<&str> = status.all_containers().collect();
     ["containers", "initContainers"]
         .into_iter()
-        .flat_map(|list| {
-            let names = named(list);
-            template["spec"][list]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(move |c| {
-                    c["name"]
-                        .as_str()
-                        .is_some_and(|n| names.iter().any(|x| x == n))
-                })
-                .filter(|c| c["securityContext"]["runAsUser"] == 0)
-                .filter_map(|c| c["name"].as_str().map(String::from))
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|list| template["spec"][list].as_array().into_iter().flatten())
+        .filter(|c| c["securityContext"]["runAsUser"] == 0)
+        .filter_map(|c| c["name"].as_str())
+        .filter(|name| named.contains(name))
+        .map(String::from)
         .collect()
 }
 

@@ -83,19 +83,6 @@ node_run() {
     echo "$!" >>"$NODE_DIR/pids"
 }
 
-node_wait() { # node_wait WHAT SECONDS CMD...
-    local what=$1 deadline=$((SECONDS + $2))
-    shift 2
-    until "$@" >/dev/null 2>&1; do
-        if ((SECONDS >= deadline)); then
-            echo "control-plane: the node's $what did not become ready; last log lines:" >&2
-            tail -n 30 "$NODE_DIR/$what.log" >&2 2>/dev/null || true
-            return 1
-        fi
-        sleep 0.2
-    done
-}
-
 # The namespace holder: covers what the node must not change on the host, then sleeps.
 node_namespace() {
     local f d
@@ -121,7 +108,7 @@ EOF
         >"$NODE_DIR/namespace.log" 2>&1 </dev/null &
     NODE_HOLDER=$!
     echo "$NODE_HOLDER" >>"$NODE_DIR/pids"
-    node_wait namespace 10 test -e "$NODE_DIR/namespace-ready"
+    wait_for node/namespace 10 test -e "$NODE_DIR/namespace-ready"
 }
 
 node_network() {
@@ -155,7 +142,7 @@ http: {addr: $NODE_REGISTRY}
 EOF
     setsid docker-registry serve "$NODE_DIR/registry.yml" >"$NODE_DIR/registry.log" 2>&1 </dev/null &
     echo "$!" >>"$NODE_DIR/pids"
-    node_wait registry 30 curl -sf "http://$NODE_REGISTRY/v2/"
+    wait_for node/registry 30 curl -sf "http://$NODE_REGISTRY/v2/"
     # Every registry host, and any other (_default), is this registry; nothing falls back.
     local host
     for host in docker.io registry.k8s.io gcr.io quay.io ghcr.io _default; do
@@ -201,7 +188,7 @@ state = "$NODE_DIR/containerd/state"
     config_path = "$NODE_DIR/certs.d"
 EOF
     node_run containerd containerd --config "$NODE_DIR/containerd.toml"
-    node_wait containerd 30 ctr --address "$NODE_DIR/containerd.sock" version
+    wait_for node/containerd 30 ctr --address "$NODE_DIR/containerd.sock" version
 }
 
 # node_load TAR REF: an image tar into containerd's CRI namespace and into the registry.
@@ -210,6 +197,10 @@ node_load() {
     "${ctr[@]}" images import "$1" >/dev/null
     path=${2#*/}
     "${ctr[@]}" images push --plain-http "$NODE_REGISTRY/$path" "$2" >/dev/null
+}
+
+node_untainted() { # node_untainted BIN: the node carries no taint (not-ready is lifted)
+    [[ -z $("$1/kubectl" --kubeconfig "$DIR/kubeconfig" get node localhost -o jsonpath='{.spec.taints}') ]]
 }
 
 node_kubelet() {
@@ -253,10 +244,9 @@ EOF
     node_run kubelet "$bin/kubelet" --config "$NODE_DIR/kubelet.yaml" \
         --kubeconfig "$NODE_DIR/kubelet.kubeconfig" --hostname-override localhost \
         --root-dir "$NODE_DIR/kubelet" --cert-dir "$NODE_DIR/kubelet/pki"
-    node_wait kubelet 60 "$bin/kubectl" --kubeconfig "$DIR/kubeconfig" wait node/localhost \
+    wait_for node/kubelet 60 "$bin/kubectl" --kubeconfig "$DIR/kubeconfig" wait node/localhost \
         --for=condition=Ready --timeout=1s
-    node_wait kubelet 30 test -z "$("$bin/kubectl" --kubeconfig "$DIR/kubeconfig" get node localhost \
-        -o jsonpath='{.spec.taints}')"
+    wait_for node/kubelet 30 node_untainted "$bin"
 }
 
 # node_start BIN IMAGES: the node, with the images in IMAGES/refs loaded.
