@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 use crate::admission::Outcome;
 use crate::config::Config;
 use crate::excerpt::Escaped;
-use crate::inject::{has_forged_status, Policy, StatusNames, INJECT_KEY, STATUS_KEY};
+use crate::inject::{self, Marker, Policy, StatusNames, INJECT_KEY, STATUS_KEY};
 use crate::pod::PodView;
 use crate::selection::{select, Selection, Skip};
 
@@ -307,15 +307,21 @@ fn explain(
 /// does not have (forged or left over: the webhook reviews such a pod as not injected).
 fn marker(pod: &Value) -> Option<(Vec<String>, Vec<String>)> {
     let text = pod["metadata"]["annotations"].get(STATUS_KEY)?.as_str()?;
-    if PodView::from_value(pod).is_ok_and(|view| has_forged_status(&view)) {
-        return None;
+    let owned = |status: StatusNames| {
+        let profiles = status.profiles.iter().map(|p| p.to_string()).collect();
+        (
+            profiles,
+            status.all_containers().map(String::from).collect(),
+        )
+    };
+    match PodView::from_value(pod) {
+        Ok(view) => match inject::marker(&view) {
+            Marker::Injected(status) => Some(owned(status)),
+            Marker::Forged | Marker::Absent => None,
+        },
+        // What the engine cannot read as a pod, it never reviews: the marker counts as written.
+        Err(_) => Some(owned(StatusNames::parse(text))),
     }
-    let status = StatusNames::parse(text);
-    let profiles = status.profiles.iter().map(|p| p.to_string()).collect();
-    Some((
-        profiles,
-        status.all_containers().map(String::from).collect(),
-    ))
 }
 
 fn timestamp(value: Option<&Value>) -> Option<time::OffsetDateTime> {

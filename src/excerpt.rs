@@ -92,6 +92,21 @@ mod tests {
     }
 
     #[test]
+    fn log_fields_escape_control_characters() {
+        assert_eq!(
+            Escaped("uid\nFORGED line\u{1b}[31m\t").to_string(),
+            "uid\\nFORGED line\\u{1b}[31m\\t"
+        );
+        assert_eq!(Escaped("pod-é").to_string(), "pod-é");
+        // Two-byte controls (NEL), controls in a row, at either end.
+        assert_eq!(
+            Escaped("\u{85}a\n\nb\u{7f}").to_string(),
+            "\\u{85}a\\n\\nb\\u{7f}"
+        );
+        assert_eq!(Escaped("").to_string(), "");
+    }
+
+    #[test]
     fn control_and_bidi_characters_are_escaped() {
         assert_eq!(
             Escaped("a\nb\u{1b}[31m\u{202e}gpj.exe\u{2066}").to_string(),

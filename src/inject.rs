@@ -377,22 +377,34 @@ impl<'a> StatusNames<'a> {
     }
 }
 
-/// Whether a status annotation names a container (in `containers` or `initContainers`) that
-/// the pod does not have.
-fn status_is_forged(status: &str, spec: &Spec<'_>) -> bool {
-    // A set: a status may name many containers, a pod have many (both are hostile input).
-    let have: std::collections::HashSet<&str> = all_container_names(spec).into_iter().collect();
-    StatusNames::parse(status)
-        .all_containers()
-        .any(|name| !have.contains(name))
+/// What a pod's status annotation means (SPEC "Opting in and out").
+pub enum Marker<'p> {
+    /// No status annotation.
+    Absent,
+    /// "Already injected": the pod has every container the status names.
+    Injected(StatusNames<'p>),
+    /// It names a container the pod does not have: forged or left over, so ignored.
+    Forged,
 }
 
-/// Whether the pod's status annotation names a container it does not have.
-pub fn has_forged_status(pod: &PodView<'_>) -> bool {
-    let status = pod.annotations().and_then(|a| a.get(STATUS_KEY));
-    match (status, pod.spec.as_ref()) {
-        (Some(status), Some(spec)) => status_is_forged(status, spec),
-        _ => false,
+/// Reads the pod's status annotation once and holds it against the pod's containers.
+pub fn marker<'p>(pod: &'p PodView<'_>) -> Marker<'p> {
+    let Some(status) = pod.annotations().and_then(|a| a.get(STATUS_KEY)) else {
+        return Marker::Absent;
+    };
+    let names = StatusNames::parse(status);
+    // A set: a status may name many containers, a pod have many (both are hostile input).
+    let have: std::collections::HashSet<&str> = pod
+        .spec
+        .as_ref()
+        .map(|spec| all_container_names(spec))
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    if names.all_containers().all(|name| have.contains(name)) {
+        Marker::Injected(names)
+    } else {
+        Marker::Forged
     }
 }
 
@@ -403,8 +415,8 @@ pub fn decide<'c>(pod: &PodView<'_>, policy: Policy, config: &'c Config) -> Deci
     };
     let empty = StrMap::default();
     let annotations = pod.annotations().unwrap_or(&empty);
-    match annotations.get(STATUS_KEY) {
-        Some(status) if status_is_forged(status, spec) => {
+    match marker(pod) {
+        Marker::Forged => {
             let mut decision = decide_fresh(pod, spec, annotations, policy, config);
             let warnings = match &mut decision {
                 Decision::Inject { injection, .. } => Some(&mut injection.warnings),
@@ -416,8 +428,8 @@ pub fn decide<'c>(pod: &PodView<'_>, policy: Policy, config: &'c Config) -> Deci
             }
             decision
         }
-        Some(_) => Decision::unchanged(Reason::AlreadyInjected),
-        None => decide_fresh(pod, spec, annotations, policy, config),
+        Marker::Injected(_) => Decision::unchanged(Reason::AlreadyInjected),
+        Marker::Absent => decide_fresh(pod, spec, annotations, policy, config),
     }
 }
 

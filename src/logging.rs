@@ -285,21 +285,6 @@ mod tests {
     use std::io;
     use std::sync::{Arc, Mutex};
 
-    #[test]
-    fn log_fields_escape_control_characters() {
-        assert_eq!(
-            Escaped("uid\nFORGED line\u{1b}[31m\t").to_string(),
-            "uid\\nFORGED line\\u{1b}[31m\\t"
-        );
-        assert_eq!(Escaped("pod-é").to_string(), "pod-é");
-        // Two-byte controls (NEL), controls in a row, at either end.
-        assert_eq!(
-            Escaped("\u{85}a\n\nb\u{7f}").to_string(),
-            "\\u{85}a\\n\\nb\\u{7f}"
-        );
-        assert_eq!(Escaped("").to_string(), "");
-    }
-
     fn held() -> Option<usize> {
         HELD.with(|held| held.borrow().as_ref().map(Vec::len))
     }

@@ -858,6 +858,9 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
 mod tests {
     use super::*;
 
+    use axum::http::Request;
+    use tower::ServiceExt;
+
     #[test]
     fn a_panic_while_reviewing_is_a_500_internal_error() {
         let err = guarded::<()>(|| panic!("a bug")).unwrap_err();
@@ -868,8 +871,6 @@ mod tests {
         let series = r#"sidecar_injector_admission_requests_total{outcome="error",reason="internal-error"} 0"#;
         assert!(Metrics::new().encode().contains(series), "{series}");
     }
-    use axum::http::Request;
-    use tower::ServiceExt;
 
     #[test]
     fn policy_query_values() {

@@ -60,18 +60,6 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The webhook as deployed: the release binary with the overlay's serving pair, logging JSON.
-fn webhook_args(c: &Cluster) -> Vec<String> {
-    vec![
-        "--log-format".into(),
-        "json".into(),
-        "--tls-cert".into(),
-        c.overlay.join("tls.crt").display().to_string(),
-        "--tls-key".into(),
-        c.overlay.join("tls.key").display().to_string(),
-    ]
-}
-
 static WEBHOOK: Mutex<Option<Server>> = Mutex::new(None);
 
 /// Starts the webhook (if it is not running) with `args` and routes the Service to it.
@@ -88,7 +76,7 @@ fn webhook_with(args: &[String]) -> MutexGuard<'static, Option<Server>> {
 }
 
 fn webhook() -> MutexGuard<'static, Option<Server>> {
-    webhook_with(&webhook_args(cluster()))
+    webhook_with(&cluster().webhook_args())
 }
 
 fn restart_webhook(args: &[String]) {
@@ -596,7 +584,7 @@ fn mtls_accepts_the_apiservers_client_certificate_and_refuses_other_cas() {
     let c = cluster();
     let ns = "mtls";
     c.namespace(ns, json!({}));
-    let mut args = webhook_args(c);
+    let mut args = c.webhook_args();
     args.extend([
         "--client-ca".into(),
         c.webhook_client_ca.display().to_string(),
@@ -615,7 +603,7 @@ fn mtls_accepts_the_apiservers_client_certificate_and_refuses_other_cas() {
     );
 
     // Another CA (the serving CA) does not vouch for the apiserver's client certificate.
-    let mut args = webhook_args(c);
+    let mut args = c.webhook_args();
     args.extend([
         "--client-ca".into(),
         c.overlay.join("ca.crt").display().to_string(),
@@ -632,7 +620,7 @@ fn mtls_accepts_the_apiservers_client_certificate_and_refuses_other_cas() {
         stderr(&out)
     );
 
-    restart_webhook(&webhook_args(c));
+    restart_webhook(&c.webhook_args());
 }
 
 #[test]
@@ -735,7 +723,7 @@ fn certificate_rotation_with_an_overlapping_ca_bundle_fails_no_create() {
 
     // Back to the overlay's pair and bundle; wait until the apiserver uses them.
     c.ok(&["apply", "-k", c.overlay.to_str().unwrap()]);
-    restart_webhook(&webhook_args(c));
+    restart_webhook(&c.webhook_args());
     let mut i = 0;
     wait_for(
         "the restored configuration",
@@ -1160,7 +1148,7 @@ fn latency_as_the_apiserver_sees_it() {
         true,
         "mountServiceAccountToken: true",
     );
-    restart_webhook(&webhook_args(c));
+    restart_webhook(&c.webhook_args());
     for (ns, token_mounts) in [
         ("latency-webhook", N),
         ("latency-no-token", 0),
@@ -1231,7 +1219,7 @@ fn token_mount_args(c: &Cluster) -> Vec<String> {
     );
     assert_ne!(on, yaml, "the embedded config names the option");
     std::fs::write(&config, on).unwrap();
-    let mut args = webhook_args(c);
+    let mut args = c.webhook_args();
     args.extend(["--config".into(), config.display().to_string()]);
     args
 }
@@ -1259,7 +1247,7 @@ fn token_mount_option_saves_the_second_call_and_stores_the_same_pods() {
         restart_webhook(&if option {
             token_mount_args(c)
         } else {
-            webhook_args(c)
+            c.webhook_args()
         });
         c.namespace(ns, json!({NS_LABEL: "enabled"}));
         for i in 0..N {
@@ -1308,7 +1296,7 @@ fn token_mount_option_saves_the_second_call_and_stores_the_same_pods() {
         stored[0], stored[1],
         "stored pods differ with mountServiceAccountToken"
     );
-    restart_webhook(&webhook_args(c));
+    restart_webhook(&c.webhook_args());
 }
 
 /// A pod in `ns` that Pod Security "restricted" admits on its own, with these pod-level and

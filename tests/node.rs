@@ -57,20 +57,10 @@ fn node() -> MutexGuard<'static, Node> {
         let profile =
             std::fs::read_to_string(root().join("tests/fixtures/seed/hello-profile.yaml")).unwrap();
         std::fs::write(&config, format!("{embedded}{profile}")).unwrap();
-        let file = |f: &str| c.overlay.join(f).display().to_string();
-        let webhook = Server::start_bin(
-            &c.release,
-            &[
-                "--log-format",
-                "json",
-                "--tls-cert",
-                &file("tls.crt"),
-                "--tls-key",
-                &file("tls.key"),
-                "--config",
-                &config.display().to_string(),
-            ],
-        );
+        let mut args = c.webhook_args();
+        args.extend(["--config".into(), config.display().to_string()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let webhook = Server::start_bin(&c.release, &args);
         c.route(&c.service_ip, &webhook.addr);
         Mutex::new(Node {
             netns: env["NODE_NETNS"].clone(),

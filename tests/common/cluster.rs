@@ -160,6 +160,19 @@ impl Cluster {
         );
     }
 
+    /// The webhook as deployed: the release binary's `serve` arguments with the self-signed
+    /// overlay's serving pair, logging JSON.
+    pub fn webhook_args(&self) -> Vec<String> {
+        vec![
+            "--log-format".into(),
+            "json".into(),
+            "--tls-cert".into(),
+            self.overlay.join("tls.crt").display().to_string(),
+            "--tls-key".into(),
+            self.overlay.join("tls.key").display().to_string(),
+        ]
+    }
+
     /// Sends the webhook Service `service`'s calls to `addr`.
     pub fn route(&self, service_ip: &str, addr: &str) {
         let mut routes: Vec<String> = std::fs::read_to_string(&self.routes)
