@@ -19,19 +19,54 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
+use crate::admission::MAX_BODY_BYTES;
+
 /// Reviews whose declared body is at most this size (every pod kube-apiserver sends in
-/// practice) draw on their own pool, so that large reviews can never starve them.
+/// practice) draw on their own pools, so that large reviews can never starve them.
 pub const SMALL_REVIEW_BYTES: usize = 256 * 1024;
-/// The pool for small reviews: ~200 realistic (6 KB) reviews at once, at least 4 of the
-/// largest small ones.
-pub const SMALL_BUDGET_BYTES: usize = 16 << 20;
-/// The pool for everything else: exactly one review of the largest body (4 MiB) with its
-/// working memory (12x) fits; large reviews take turns.
-pub const LARGE_BUDGET_BYTES: usize = 52 << 20;
 /// A review holds its body and, while it runs, this many times the body's size more:
 /// measured, a 4 MiB body of tiny containers peaks at ~11x (each 13-byte list entry becomes
 /// a 72-byte struct, and a growing list briefly holds twice that).
 pub const WORK_FACTOR: usize = 12;
+
+/// Bytes of reviews in flight, in two pools per size class: bodies as they arrive, and the
+/// working memory (then the answer) of reviews whose body is complete.
+///
+/// Two pools, not one, so that nothing waits while holding what another waiter needs: a
+/// body's bytes are reserved only as they arrive (a slow client holds what it sent, not
+/// what it declared), and a complete body waits only for working memory, which is held
+/// only by reviews that are running and will give it back.
+pub struct Pools {
+    pub body: Budget,
+    pub work: Budget,
+}
+
+impl Pools {
+    /// Small reviews: 32 bodies of the largest small size at once (a slow client's body
+    /// holds at most what it sent, and a pause of 2 s ends it), and working memory for ~140
+    /// realistic (6 KB) reviews, at least 3 of the largest small ones.
+    pub fn small() -> Pools {
+        Pools::new(SMALL_BODY_BYTES, SMALL_WORK_BYTES)
+    }
+
+    /// Everything else: exactly one body of the largest size (4 MiB) and its working
+    /// memory; large reviews take turns.
+    pub fn large() -> Pools {
+        Pools::new(LARGE_BODY_BYTES, LARGE_WORK_BYTES)
+    }
+
+    fn new(body: usize, work: usize) -> Pools {
+        Pools {
+            body: Budget::new(body),
+            work: Budget::new(work),
+        }
+    }
+}
+
+const SMALL_BODY_BYTES: usize = 10 << 20;
+const SMALL_WORK_BYTES: usize = 10 << 20;
+const LARGE_BODY_BYTES: usize = MAX_BODY_BYTES;
+const LARGE_WORK_BYTES: usize = MAX_BODY_BYTES * WORK_FACTOR;
 
 fn kib(bytes: usize) -> u32 {
     u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)

@@ -243,29 +243,17 @@ async fn read_and_review(
     let deadline = tokio::time::Instant::now() + state.body_timeout;
     // hyper refuses a body longer than its Content-Length, so a small declared size is a
     // promise the client cannot break.
-    let budget = match declared {
+    let pools = match declared {
         Some(n) if n <= SMALL_REVIEW_BYTES as u64 => &state.small,
         _ => &state.large,
     };
-    // The budget pays for the buffer's capacity, not only what is in it: a declared length is
-    // reserved at once; otherwise each growth is reserved before it happens. A body that
-    // arrives in one part (the everyday review) is used as it came, without a copy.
-    //
-    // With a declared length, the body and the review's working memory are reserved together:
-    // a review that held its body while waiting for the rest could, with others doing the
-    // same, wait until every one of them timed out.
+    // The body pool pays for the buffer's capacity as the bytes arrive, never for what a
+    // client only declared: a slow client holds what it sent. A body that arrives in one part
+    // (the everyday review) is used as it came, without a copy; otherwise one buffer grows by
+    // doubling, up to the declared length.
+    let limit = declared.map_or(MAX_BODY_BYTES, |n| n as usize);
     let mut paid = 0;
-    let mut reservation = match declared {
-        Some(n) => {
-            paid = n as usize;
-            let whole = paid * (1 + WORK_FACTOR);
-            budget
-                .reserve(whole, deadline)
-                .await
-                .ok_or(RequestError::Busy)?
-        }
-        None => Reservation::default(),
-    };
+    let mut body_reservation = Reservation::default();
     let mut first: Option<Bytes> = None;
     let mut joined: Vec<u8> = Vec::new();
     let mut body = body;
@@ -292,33 +280,29 @@ async fn read_and_review(
         if needed > MAX_BODY_BYTES {
             return Err(RequestError::TooLarge);
         }
-        if had == 0 && first.is_none() {
-            // The first part: kept as it came.
-            if needed > paid {
-                let more = budget.reserve(needed - paid, deadline).await;
-                reservation.merge(more.ok_or(RequestError::Busy)?);
-                paid = needed;
-            }
-            first = Some(data);
-            continue;
-        }
-        // More parts: one buffer, exactly the declared length, else grown by doubling.
         let allocated = if first.is_some() {
             0
         } else {
             joined.capacity()
         };
+        let target = if had == 0 && first.is_none() {
+            needed
+        } else if needed > allocated {
+            needed.max(allocated * 2).min(limit.max(needed))
+        } else {
+            paid
+        };
+        if target > paid {
+            let more = pools.body.reserve(target - paid, deadline).await;
+            body_reservation.merge(more.ok_or(RequestError::Busy)?);
+            paid = target;
+        }
+        if had == 0 && first.is_none() {
+            // The first part: kept as it came.
+            first = Some(data);
+            continue;
+        }
         if needed > allocated {
-            let target = if paid >= needed {
-                paid
-            } else {
-                needed.max(allocated * 2).min(MAX_BODY_BYTES)
-            };
-            if target > paid {
-                let more = budget.reserve(target - paid, deadline).await;
-                reservation.merge(more.ok_or(RequestError::Busy)?);
-                paid = target;
-            }
             joined.reserve_exact(target - joined.len());
         }
         if let Some(lone) = first.take() {
@@ -327,12 +311,13 @@ async fn read_and_review(
         joined.extend_from_slice(&data);
     }
     let bytes = first.unwrap_or_else(|| Bytes::from(joined));
-    // The review's working memory (already held when the length was declared), then only the
-    // answer's bytes stay reserved until sent.
-    if declared.is_none() {
-        let work = budget.reserve(bytes.len() * WORK_FACTOR, deadline).await;
-        reservation.merge(work.ok_or(RequestError::Busy)?);
-    }
+    // The review's working memory, from the other pool: whoever holds it is running and
+    // gives it back, so a complete body never waits on a body still arriving.
+    let mut reservation = pools
+        .work
+        .reserve(bytes.len() * WORK_FACTOR, deadline)
+        .await
+        .ok_or(RequestError::Busy)?;
     let config = state.config();
     let answer = if bytes.len() > BLOCKING_REVIEW_BYTES {
         // Tens of milliseconds of CPU: off the async workers, so other connections are served.
@@ -342,9 +327,11 @@ async fn read_and_review(
     } else {
         guarded_review(&bytes, policy, &config)?
     };
+    // The body is no longer needed; the answer's bytes stay reserved until sent.
+    drop(body_reservation);
     let held = reservation.kib() * 1024;
     if answer.body.len() > held {
-        let more = budget.reserve(answer.body.len() - held, deadline).await;
+        let more = pools.work.reserve(answer.body.len() - held, deadline).await;
         reservation.merge(more.ok_or(RequestError::Busy)?);
     }
     reservation.shrink_to(answer.body.len());

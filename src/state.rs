@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::limits::{Budget, LARGE_BUDGET_BYTES, SMALL_BUDGET_BYTES};
+use crate::limits::Pools;
 use crate::metrics::Metrics;
 
 /// What the handlers share.
@@ -20,9 +20,9 @@ pub struct AppState {
     /// How long a request body may take to arrive.
     pub body_timeout: Duration,
     /// Bytes of reviews in flight (bodies, working memory, unsent answers): small reviews
-    /// and the rest, each from its own pool.
-    pub small: Budget,
-    pub large: Budget,
+    /// and the rest, each from its own pools.
+    pub small: Pools,
+    pub large: Pools,
 }
 
 impl AppState {
@@ -33,8 +33,8 @@ impl AppState {
             ready: AtomicBool::new(false),
             trusted: AtomicBool::new(true),
             body_timeout,
-            small: Budget::new(SMALL_BUDGET_BYTES),
-            large: Budget::new(LARGE_BUDGET_BYTES),
+            small: Pools::small(),
+            large: Pools::large(),
         }
     }
 
