@@ -93,6 +93,16 @@ pub struct TlsArgs {
     /// Require client certificates signed by this CA (PEM), e.g. the apiserver's; re-read on change.
     #[arg(long, env = "SIDECAR_INJECTOR_CLIENT_CA", value_name = "FILE")]
     pub client_ca: Option<PathBuf>,
+    /// With --client-ca, accept only client certificates whose common name or a DNS name is
+    /// one of these (comma-separated); others are refused in the handshake.
+    #[arg(
+        long,
+        env = "SIDECAR_INJECTOR_CLIENT_CERT_NAMES",
+        value_name = "NAMES",
+        value_delimiter = ',',
+        requires = "client_ca"
+    )]
+    pub client_cert_names: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -408,7 +418,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.is_ready() {
+    if state.is_ready(reload::unix_now()) {
         "ok\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
@@ -556,7 +566,8 @@ fn load(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<Startu
         Some(path) => {
             let pem = read(path, "client CA")?;
             let verifier = tls::client_verifier(&pem).context("client CA")?;
-            Some((path.clone(), pem, Arc::new(tls::ClientCa::new(verifier))))
+            let ca = tls::ClientCa::new(verifier, args.tls.client_cert_names.clone());
+            Some((path.clone(), pem, Arc::new(ca)))
         }
     };
     let tls_config = tls::server_config(

@@ -1,7 +1,7 @@
 //! What the webhook's handlers and the reload task share: the config in force, the metrics,
 //! readiness. Its own module so that `server` and `reload` both depend on it, not on each other.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,6 +17,9 @@ pub struct AppState {
     /// False while `--tls-auto` serves a certificate the webhook configuration's caBundle
     /// does not trust yet (always true otherwise).
     trusted: AtomicBool,
+    /// The serving certificate's notAfter (Unix time): once past, clients refuse it, and the
+    /// replica is not ready.
+    cert_not_after: AtomicI64,
     /// How long a request body may take to arrive.
     pub body_timeout: Duration,
     /// Bytes of reviews in flight (bodies, working memory, unsent answers): small reviews
@@ -32,6 +35,7 @@ impl AppState {
             metrics,
             ready: AtomicBool::new(false),
             trusted: AtomicBool::new(true),
+            cert_not_after: AtomicI64::new(i64::MAX),
             body_timeout,
             small: Pools::small(),
             large: Pools::large(),
@@ -57,7 +61,15 @@ impl AppState {
         self.trusted.store(trusted, Ordering::SeqCst);
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && self.trusted.load(Ordering::SeqCst)
+    pub fn set_cert_not_after(&self, not_after: i64) {
+        self.cert_not_after.store(not_after, Ordering::SeqCst);
+    }
+
+    /// Ready: started, trusted by the webhook configuration, and serving a certificate that
+    /// has not expired (`now`, Unix time).
+    pub fn is_ready(&self, now: i64) -> bool {
+        self.ready.load(Ordering::SeqCst)
+            && self.trusted.load(Ordering::SeqCst)
+            && now <= self.cert_not_after.load(Ordering::SeqCst)
     }
 }

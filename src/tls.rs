@@ -83,7 +83,7 @@ impl CertStore {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
     }
 
-    fn get(&self) -> Arc<CertifiedKey> {
+    pub(crate) fn get(&self) -> Arc<CertifiedKey> {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -138,15 +138,21 @@ pub fn client_verifier(pem: &[u8]) -> Result<Arc<dyn ClientCertVerifier>, TlsErr
 /// The client-certificate verifier in force; a reload of `--client-ca` swaps it and each
 /// new handshake uses the current one. It sends no CA hints (they would have to outlive a
 /// swap); clients such as kube-apiserver present their configured certificate anyway.
+///
+/// With an allow-list of names, a certificate the CA signed is accepted only when its
+/// subject's common name or one of its DNS names is on the list: a CA that also signs other
+/// clients' certificates (a cluster's front-proxy or client CA) does not admit them all.
 #[derive(Debug)]
 pub struct ClientCa {
     current: RwLock<Arc<dyn ClientCertVerifier>>,
+    allowed_names: Vec<String>,
 }
 
 impl ClientCa {
-    pub fn new(verifier: Arc<dyn ClientCertVerifier>) -> ClientCa {
+    pub fn new(verifier: Arc<dyn ClientCertVerifier>, allowed_names: Vec<String>) -> ClientCa {
         ClientCa {
             current: RwLock::new(verifier),
+            allowed_names,
         }
     }
 
@@ -160,6 +166,33 @@ impl ClientCa {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+
+    fn name_allowed(&self, end_entity: &CertificateDer<'_>) -> bool {
+        self.allowed_names.is_empty()
+            || certificate_names(end_entity)
+                .iter()
+                .any(|n| self.allowed_names.contains(n))
+    }
+}
+
+/// The subject's common names and the DNS names of a certificate (none if it does not parse).
+fn certificate_names(der: &CertificateDer<'_>) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = cert
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                names.push((*dns).to_string());
+            }
+        }
+    }
+    names
 }
 
 impl ClientCertVerifier for ClientCa {
@@ -173,8 +206,15 @@ impl ClientCertVerifier for ClientCa {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.get()
-            .verify_client_cert(end_entity, intermediates, now)
+        let verified = self
+            .get()
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if !self.name_allowed(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -233,16 +273,19 @@ pub enum HandshakeFailure {
     Closed,
     /// The handshake did not finish in time.
     Timeout,
+    /// mTLS with an allow-list: the client's certificate, signed by the CA, names no one on it.
+    NameNotAllowed,
 }
 
 impl HandshakeFailure {
-    pub const ALL: [HandshakeFailure; 6] = [
+    pub const ALL: [HandshakeFailure; 7] = [
         HandshakeFailure::NoClientCertificate,
         HandshakeFailure::UnknownCa,
         HandshakeFailure::BadCertificate,
         HandshakeFailure::Protocol,
         HandshakeFailure::Closed,
         HandshakeFailure::Timeout,
+        HandshakeFailure::NameNotAllowed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -253,6 +296,7 @@ impl HandshakeFailure {
             HandshakeFailure::Protocol => "protocol",
             HandshakeFailure::Closed => "closed",
             HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::NameNotAllowed => "name-not-allowed",
         }
     }
 
@@ -266,6 +310,9 @@ impl HandshakeFailure {
             Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
                 HandshakeFailure::UnknownCa
             }
+            Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            )) => HandshakeFailure::NameNotAllowed,
             Some(rustls::Error::InvalidCertificate(_)) => HandshakeFailure::BadCertificate,
             Some(_) => HandshakeFailure::Protocol,
             None => HandshakeFailure::Closed,

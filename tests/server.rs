@@ -388,16 +388,29 @@ fn config_reload_takes_good_files_and_keeps_the_old_one_on_bad() {
 
 /// The apiserver's side of mTLS: a client CA and a clientAuth certificate it signed, as PEM
 /// (CA, client identity = certificate + key).
-fn client_identity() -> (String, String) {
+/// A client CA and one identity (certificate and key PEM) it signed for each name.
+fn client_identities(names: &[&str]) -> (String, Vec<String>) {
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca = rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
         .unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["kube-apiserver".to_string()]).unwrap();
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, &ca).unwrap();
-    (ca.pem(), format!("{}{}", cert.pem(), key.serialize_pem()))
+    let ids = names
+        .iter()
+        .map(|name| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            let cert = params.signed_by(&key, &ca).unwrap();
+            format!("{}{}", cert.pem(), key.serialize_pem())
+        })
+        .collect();
+    (ca.pem(), ids)
+}
+
+/// A client CA and an identity named `kube-apiserver` signed by it.
+fn client_identity() -> (String, String) {
+    let (ca, mut ids) = client_identities(&["kube-apiserver"]);
+    (ca, ids.remove(0))
 }
 
 fn mtls_client(server_ca: &Path, identity: &str) -> reqwest::Client {
@@ -479,6 +492,41 @@ fn mtls_refuses_clients_without_a_certificate_from_the_ca() {
     assert_eq!(
         get_plain(&format!("http://{}/readyz", server.metrics)),
         "ok\n"
+    );
+}
+
+#[test]
+fn mtls_with_a_name_allow_list_refuses_other_names_the_ca_signed() {
+    let certs = make_certs();
+    let (ca, ids) = client_identities(&["kube-apiserver", "some-pod"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("client-ca.crt");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let mut args = tls_args(&certs);
+    args.extend([
+        "--client-ca".into(),
+        ca_file.display().to_string(),
+        "--client-cert-names".into(),
+        "other,kube-apiserver".into(),
+    ]);
+    let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let body = std::fs::read(fixture("reviews/replicaset-pod.json")).unwrap();
+    let server_ca = certs.path.join("ca.crt");
+    rt().block_on(async {
+        let allowed = mtls_client(&server_ca, &ids[0]);
+        let (status, ..) = post(&allowed, &server.url("/mutate"), body.clone())
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        let other = mtls_client(&server_ca, &ids[1]);
+        assert!(post(&other, &server.url("/mutate"), body.clone())
+            .await
+            .is_err());
+    });
+    let m = server.metrics_text();
+    assert!(
+        m.contains("sidecar_injector_tls_handshake_failures_total{reason=\"name-not-allowed\"} 1"),
+        "{m}"
     );
 }
 
