@@ -144,6 +144,8 @@ struct Memory {
     was_leader: bool,
     was_trusted: Option<bool>,
     warned_missing: bool,
+    /// The Secret version whose foreign `ca.crt` entries were last logged.
+    warned_ignored: Option<String>,
 }
 
 struct Shell {
@@ -186,6 +188,22 @@ fn report_seen(value: &str) -> i64 {
         .split_once(' ')
         .and_then(|(_, seen)| seen.parse().ok())
         .unwrap_or(0)
+}
+
+/// The holder's care of the reports on the Lease: those gone stale are dropped (replicas
+/// come and go with every rollout, and the Lease must never grow toward the annotation size
+/// limit), and one dated in the future is re-dated to now, so that it ages like any other.
+/// Unclamped, a report written with a far-future time would stay live forever, and its old
+/// serial would keep an old CA in the bundle.
+fn tidy_reports(annotations: &mut BTreeMap<String, String>, now: i64, lease: Duration) {
+    let stale = now - STALE_REPORTS * lease.as_secs() as i64;
+    annotations.retain(|k, v| !k.starts_with(REPORT_PREFIX) || report_seen(v) >= stale);
+    for (key, value) in annotations.iter_mut() {
+        if key.starts_with(REPORT_PREFIX) && report_seen(value) > now {
+            let serial = value.split_once(' ').map_or("", |(serial, _)| serial);
+            *value = format!("{serial} {now}");
+        }
+    }
 }
 
 fn report_key(identity: &str) -> String {
@@ -350,8 +368,7 @@ impl Shell {
             let annotations = lease.metadata.annotations.get_or_insert_with(BTreeMap::new);
             // Replicas come and go with every rollout: the holder drops reports gone stale, so
             // the Lease never grows toward the annotation size limit.
-            let stale = now().unix_timestamp() - STALE_REPORTS * duration.as_secs() as i64;
-            annotations.retain(|k, v| !k.starts_with(REPORT_PREFIX) || report_seen(v) >= stale);
+            tidy_reports(annotations, now().unix_timestamp(), duration);
             if let Some(r) = report {
                 annotations.insert(report_key(&self.identity), r);
             }
@@ -479,6 +496,10 @@ impl Shell {
         let observed = self.read_secret().await.map_err(|e| ("secret", e))?;
         if let Ok(m) = &observed.material {
             self.load(memory, m);
+            if m.ignored > 0 && memory.warned_ignored != observed.resource_version {
+                tracing::warn!(secret = %self.args.tls_auto_secret, ignored = m.ignored, "tls-auto: certificates in ca.crt that are not a CA this injector made (or more than a rotation leaves) are left out of the caBundle");
+                memory.warned_ignored = observed.resource_version.clone();
+            }
         }
         let configuration = self
             .read_configuration()
@@ -717,5 +738,29 @@ mod tests {
         );
         assert_eq!(report_key("a b/c"), "serving.sidecar-injector.io/a-b-c");
         assert_eq!(report_key(&"x".repeat(100)).len(), REPORT_PREFIX.len() + 63);
+    }
+
+    #[test]
+    fn stale_reports_are_dropped_and_future_ones_re_dated_to_now() {
+        let now = 2_000_000_000;
+        let lease = Duration::from_secs(15);
+        let mut annotations = BTreeMap::from([
+            (report_key("live"), format!("aa {}", now - 5)),
+            (report_key("gone"), format!("bb {}", now - 20 * 15 - 1)),
+            (report_key("forged"), "cc 99999999999".to_string()),
+            ("other".to_string(), "kept as is 99999999999".to_string()),
+        ]);
+        tidy_reports(&mut annotations, now, lease);
+        assert_eq!(
+            annotations,
+            BTreeMap::from([
+                (report_key("live"), format!("aa {}", now - 5)),
+                (report_key("forged"), format!("cc {now}")),
+                ("other".to_string(), "kept as is 99999999999".to_string()),
+            ])
+        );
+        // Re-dated, it ages: twenty lease durations on, it is dropped.
+        tidy_reports(&mut annotations, now + 20 * 15 + 1, lease);
+        assert!(!annotations.contains_key(&report_key("forged")));
     }
 }

@@ -77,6 +77,9 @@ pub struct Material {
     pub tls_names: Vec<String>,
     /// The serving certificate's serial number: what replicas report they serve.
     pub serial: String,
+    /// Certificates of `ca.crt` left out: not a CA this injector made, or more than a
+    /// rotation leaves (never published, never written back).
+    pub ignored: usize,
 }
 
 /// Why the Secret's contents cannot be used as they are.
@@ -103,6 +106,30 @@ struct Parsed {
     serial: String,
     names: Vec<String>,
     der: Vec<u8>,
+    /// Subject common name.
+    common_name: String,
+}
+
+/// How many CAs besides the current one a rotation leaves trusted: the one it replaced.
+const MAX_OLDER_CAS: usize = 1;
+/// The subject of every CA this injector makes starts with it (see `new_ca`).
+const CA_NAME_PREFIX: &str = "sidecar-injector CA";
+
+/// Whether an older CA in `ca.crt` is one this injector made and still trusts: named as ours,
+/// self-signed with CA constraints (as `new_ca` makes them), not expired.
+fn older_ca_we_made(ca: &Parsed, now: i64) -> bool {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&ca.der) else {
+        return false;
+    };
+    let is_ca = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|bc| bc.value.ca);
+    ca.common_name.starts_with(CA_NAME_PREFIX)
+        && is_ca
+        && ca.not_after > now
+        && cert.verify_signature(None).is_ok()
 }
 
 fn parse_cert(what: &'static str, pem: &str) -> Result<Parsed, Unusable> {
@@ -125,11 +152,19 @@ fn parse_cert(what: &'static str, pem: &str) -> Result<Parsed, Unusable> {
                 .collect()
         })
         .unwrap_or_default();
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_string();
     Ok(Parsed {
         not_after: cert.validity().not_after.timestamp(),
         serial: cert.raw_serial_as_string(),
         names,
         der: pem.contents.clone(),
+        common_name,
     })
 }
 
@@ -192,16 +227,23 @@ impl Material {
         let mut cas = Vec::new();
         // The current CA's DER, to check that it signed tls.crt.
         let mut signer = Vec::new();
+        let mut ignored = 0;
         for (i, pem) in ca_pems.into_iter().enumerate() {
             let parsed = parse_cert(CA_CRT, &pem)?;
+            if i == 0 {
+                signer = parsed.der.clone();
+            } else if cas.len() > MAX_OLDER_CAS || !older_ca_we_made(&parsed, now) {
+                // Whoever can write the Secret must not get a CA of theirs into the cluster's
+                // caBundle by appending it: only the current CA (its key is in the Secret)
+                // and the one it replaced are published.
+                ignored += 1;
+                continue;
+            }
             cas.push(Ca {
                 cert_pem: pem,
                 key_pem: (i == 0).then(|| ca_key.clone()),
                 not_after: parsed.not_after,
             });
-            if i == 0 {
-                signer = parsed.der;
-            }
         }
         if !key_matches(&cas[0].cert_pem, &ca_key) {
             return Err(Unusable::KeyMismatch(CA_KEY));
@@ -245,6 +287,7 @@ impl Material {
             tls_not_after: leaf.not_after,
             tls_names: leaf.names,
             serial: leaf.serial,
+            ignored,
         })
     }
 
@@ -287,7 +330,7 @@ impl Material {
 
 fn new_ca(settings: &Settings, now: OffsetDateTime) -> Result<Ca, CertError> {
     // A name of its own, so that two CAs in one bundle are told apart.
-    let name = format!("sidecar-injector CA {}", now.unix_timestamp_nanos());
+    let name = format!("{CA_NAME_PREFIX} {}", now.unix_timestamp_nanos());
     let params = ca_params(&name, now, now + settings.ca_validity)?;
     let ca = CertifiedIssuer::self_signed(params, KeyPair::generate()?)?;
     Ok(Ca {
@@ -323,6 +366,7 @@ fn issue(
         tls_not_after: not_after,
         tls_names: parsed.names,
         serial: parsed.serial,
+        ignored: 0,
     })
 }
 
@@ -419,6 +463,14 @@ pub fn plan(view: &View, settings: &Settings) -> Result<Step, CertError> {
             });
         }
     };
+    // An older CA goes once every replica has served the current certificate for the grace
+    // period; checked before the bundle is published, so that a CA appended to the Secret
+    // while nothing needs an older one is dropped rather than published.
+    if m.next.is_none() && m.cas.len() > 1 && view.serving_settled >= settings.grace {
+        let mut dropped = m.clone();
+        dropped.cas.truncate(1);
+        return Ok(Step::Write(Box::new(dropped), Change::CaDropped));
+    }
     let bundle = m.bundle();
     if view.bundles.is_some_and(|b| b.iter().any(|b| *b != bundle)) {
         return Ok(Step::Bundle(bundle));
@@ -436,12 +488,7 @@ pub fn plan(view: &View, settings: &Settings) -> Result<Step, CertError> {
         return Ok(Step::Write(Box::new(switched), Change::CaSwitched));
     }
     if m.cas.len() > 1 {
-        if view.serving_settled < settings.grace {
-            return Ok(Step::Wait("every replica to serve the new certificate"));
-        }
-        let mut dropped = m.clone();
-        dropped.cas.truncate(1);
-        return Ok(Step::Write(Box::new(dropped), Change::CaDropped));
+        return Ok(Step::Wait("every replica to serve the new certificate"));
     }
     let renew_before = |d: Duration| d.as_secs() as i64;
     if secs_left(m.cas[0].not_after, now) < renew_before(settings.ca_renew_before) {
@@ -582,6 +629,58 @@ mod tests {
             Material::from_secret(Some((SECRET_TYPE, &data)), at(401).unix_timestamp()),
             Err(Unusable::Expired(TLS_CRT))
         );
+    }
+
+    #[test]
+    fn only_cas_this_injector_made_reach_the_bundle() {
+        let s = settings();
+        let m = Material::generate(&s, t0()).unwrap();
+        let older = Material::generate(&s, t0()).unwrap().cas[0]
+            .cert_pem
+            .clone();
+        let another = Material::generate(&s, t0()).unwrap().cas[0]
+            .cert_pem
+            .clone();
+        let foreign = {
+            let params = ca_params("evil CA", t0(), at(1000)).unwrap();
+            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap())
+                .unwrap()
+                .pem()
+        };
+        let expired = {
+            let params = ca_params(&format!("{CA_NAME_PREFIX} old"), at(-100), at(-1)).unwrap();
+            CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap())
+                .unwrap()
+                .pem()
+        };
+        let read = |appended: &[&str]| {
+            let mut data = m.to_secret_data();
+            let mut ca = m.cas[0].cert_pem.clone();
+            ca.extend(appended.iter().copied());
+            data.insert("ca.crt".into(), ca.into_bytes());
+            Material::from_secret(Some((SECRET_TYPE, &data)), t0().unix_timestamp()).unwrap()
+        };
+        // Not ours, not a CA (a serving certificate), expired: left out, counted.
+        for appended in [&foreign, &m.tls_crt, &expired] {
+            let got = read(&[appended]);
+            assert_eq!((got.cas.len(), got.ignored), (1, 1));
+            assert_eq!(got.bundle(), m.bundle());
+        }
+        // The CA a rotation replaced stays trusted; a second one is more than a rotation leaves.
+        let got = read(&[&older, &another]);
+        assert_eq!((got.cas.len(), got.ignored), (2, 1));
+        assert_eq!(got.bundle(), format!("{}{older}", m.cas[0].cert_pem));
+        // What is written back holds only what was kept.
+        assert_eq!(roundtrip(&got, t0()).unwrap().ignored, 0);
+        // A look-alike (named as ours) appended while every replica has long served the
+        // current certificate is dropped before any bundle is published.
+        let secret = Ok(read(&[&older]));
+        let published = [m.bundle()];
+        let dropped = match plan(&view(at(1), &secret, Some(&published)), &s).unwrap() {
+            Step::Write(w, Change::CaDropped) => *w,
+            other => panic!("expected the older CA dropped, got {other:?}"),
+        };
+        assert_eq!(dropped.bundle(), m.bundle());
     }
 
     #[test]

@@ -77,6 +77,8 @@ fn base_renders_and_validates_with_the_good_practices() {
         "Deployment",
         "PodDisruptionBudget",
         "MutatingWebhookConfiguration",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ] {
         assert!(kinds.contains(&kind), "{kind} missing: {kinds:?}");
     }

@@ -561,6 +561,176 @@ fn a_wiped_ca_bundle_is_restored_within_seconds() {
 }
 
 #[test]
+fn a_tampered_secret_or_lease_does_not_reach_the_bundle() {
+    let (_t, a) = scenario();
+    let c = &a.c;
+    let (r1, r2) = two_ready(a, &[]);
+    let m = settled(c).unwrap();
+    // CAs appended to ca.crt by whoever could write the Secret: one not named as ours (left
+    // out), one that looks like ours (dropped, as no replica serves a certificate it signed).
+    // Neither is ever published.
+    let look_alike = day_long("foreign", time::OffsetDateTime::now_utc()).cas[0]
+        .cert_pem
+        .clone();
+    let foreign = {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "evil CA");
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .pem()
+    };
+    // Past the rotation grace (2 s here) since both replicas serve the current certificate:
+    // within it, a look-alike would be published until it ends (docs/security.md).
+    std::thread::sleep(Duration::from_secs(3));
+    let tampered = format!("{}{foreign}{look_alike}", m.bundle());
+    c.ok(&[
+        "-n",
+        NS,
+        "patch",
+        "secret",
+        SECRET,
+        "--type=merge",
+        "-p",
+        &json!({"data": {"ca.crt": common::b64(tampered.as_bytes())}}).to_string(),
+    ]);
+    wait_for(
+        "the Secret back to the injector's one CA",
+        Duration::from_secs(10),
+        || {
+            let published = bundles(c).unwrap();
+            assert!(
+                published
+                    .iter()
+                    .all(|b| !b.contains(&foreign) && !b.contains(&look_alike)),
+                "a foreign CA was published: {published:?}"
+            );
+            material(c).is_some_and(|now| now.cas == m.cas && now.ignored == 0)
+        },
+    );
+    assert!(r1.log_has("left out of the caBundle") || r2.log_has("left out of the caBundle"));
+    assert!(bundles(c).unwrap().iter().all(|b| *b == m.bundle()));
+    // A report dated far in the future: the holder re-dates it to now, so it ages out like
+    // any other instead of holding an old serial live forever.
+    let key = "serving.sidecar-injector.io/forged";
+    c.ok(&[
+        "-n",
+        NS,
+        "annotate",
+        &format!("lease/{LEASE}"),
+        &format!("{key}=00:11 99999999999"),
+    ]);
+    let redated = || {
+        let l = c.get(NS, &format!("lease/{LEASE}"));
+        let seen = l["metadata"]["annotations"][key]
+            .as_str()
+            .and_then(|v| v.split_once(' '))
+            .and_then(|(_, t)| t.parse::<i64>().ok());
+        seen.is_some_and(|t| t <= time::OffsetDateTime::now_utc().unix_timestamp())
+    };
+    wait_for(
+        "the future report re-dated",
+        Duration::from_secs(10),
+        redated,
+    );
+    assert!(ready(&r1) && ready(&r2));
+    no_forbidden(&[&r1, &r2]);
+}
+
+#[test]
+fn a_stolen_serving_token_can_change_only_the_ca_bundle_and_its_own_secret() {
+    let (_t, a) = scenario();
+    let c = &a.c;
+    // The replicas filled in the caBundle under deploy/'s policy: what it allows still works.
+    let (_r1, _r2) = two_ready(a, &[]);
+    settled(c).expect("the caBundle written by the serving identity");
+    let me = "system:serviceaccount:sidecar-injector:sidecar-injector";
+    let refused = |what: &str, args: &[&str], stdin: Option<&str>| {
+        let out = c.kubectl(&[&["--as", me], args].concat(), stdin.map(str::as_bytes));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("ValidatingAdmissionPolicy"),
+            "{what}: not refused by the policy: {err}"
+        );
+        // The same request as the cluster admin passes: the identity is what is refused.
+        let admin = c.kubectl(
+            &[args, &["--dry-run=server"]].concat(),
+            stdin.map(str::as_bytes),
+        );
+        assert!(
+            admin.status.success() || args[0] == "patch",
+            "{what}: refused for the admin too: {}",
+            String::from_utf8_lossy(&admin.stderr)
+        );
+    };
+    for (what, patch) in [
+        (
+            "failure policy",
+            r#"[{"op":"replace","path":"/webhooks/0/failurePolicy","value":"Ignore"}]"#,
+        ),
+        (
+            "service path",
+            r#"[{"op":"replace","path":"/webhooks/0/clientConfig/service/path","value":"/mutate/disabled"}]"#,
+        ),
+        (
+            "rules",
+            r#"[{"op":"replace","path":"/webhooks/1/rules/0/resources","value":["*"]}]"#,
+        ),
+        (
+            "namespace selector",
+            r#"[{"op":"replace","path":"/webhooks/0/namespaceSelector","value":{}}]"#,
+        ),
+        (
+            "a label",
+            r#"[{"op":"add","path":"/metadata/labels/x","value":"y"}]"#,
+        ),
+        (
+            "a webhook removed",
+            r#"[{"op":"remove","path":"/webhooks/1"}]"#,
+        ),
+    ] {
+        refused(
+            what,
+            &[
+                "patch",
+                "mutatingwebhookconfiguration",
+                CONFIGURATION,
+                "--type=json",
+                "-p",
+                patch,
+            ],
+            None,
+        );
+    }
+    let object = |v: Value| v.to_string();
+    refused(
+        "another Secret",
+        &["create", "-f", "-"],
+        Some(&object(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "other", "namespace": NS}, "type": "Opaque",
+            "stringData": {"x": "y"}}))),
+    );
+    refused(
+        "a token Secret under its own Secret's name",
+        &["create", "-f", "-"],
+        Some(&object(json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "minted-token", "namespace": NS,
+                "annotations": {"kubernetes.io/service-account.name": "sidecar-injector"}},
+            "type": "kubernetes.io/service-account-token"}))),
+    );
+    refused(
+        "another Lease",
+        &["create", "-f", "-"],
+        Some(&object(
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "other", "namespace": NS}}),
+        )),
+    );
+}
+
+#[test]
 fn expired_material_at_start_is_replaced_before_ready() {
     let (_t, a) = scenario();
     let c = &a.c;
