@@ -33,7 +33,7 @@ bash "$bench/gen-cert.sh" "$out/certs" >/dev/null
 # The project as deploy/ runs it (exec: the measured PID is the server's).
 project() {
   RUST_LOG=${PROJECT_LOG:-info} exec "$ours" serve --log-format "${PROJECT_LOG_FORMAT:-json}" \
-    --addr 127.0.0.1:$port --metrics-addr 127.0.0.1:0 --workers "${WORKERS:-1}" \
+    --addr 127.0.0.1:$port --metrics-addr 127.0.0.1:0 --probe-addr 127.0.0.1:0 --workers "${WORKERS:-1}" \
     --tls-cert "$out/certs/tls.crt" --tls-key "$out/certs/tls.key"
 }
 srv=""

@@ -32,7 +32,7 @@ generate)
   for workers in 1 2; do
     format=$([ "$workers" = 1 ] && echo json || echo text)
     valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/cg.$workers.out" "$bin" serve \
-      --addr 127.0.0.1:18443 --metrics-addr 127.0.0.1:19090 --workers "$workers" --log-format "$format" \
+      --addr 127.0.0.1:18443 --metrics-addr 127.0.0.1:19090 --probe-addr 127.0.0.1:0 --workers "$workers" --log-format "$format" \
       --tls-cert "$work/tls.crt" --tls-key "$work/tls.key" 2>"$work/valgrind.$workers.log" &
     pid=$!
     for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/18443) 2>/dev/null && break; sleep 0.1; done

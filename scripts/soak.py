@@ -130,7 +130,7 @@ def main():
 
     log = open(os.path.join(work, "server.log"), "w")
     srv = subprocess.Popen(
-        [args.bin, "serve", "--addr", f"{HOST}:0", "--metrics-addr", f"{HOST}:0",
+        [args.bin, "serve", "--addr", f"{HOST}:0", "--metrics-addr", f"{HOST}:0", "--probe-addr", f"{HOST}:0",
          "--tls-cert", os.path.join(secret, "tls.crt"), "--tls-key", os.path.join(secret, "tls.key"),
          "--config", config, "--reload-interval", "0.5"],
         stderr=subprocess.PIPE, text=True)

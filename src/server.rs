@@ -52,6 +52,8 @@ const BLOCKING_REVIEW_BYTES: usize = 256 * 1024;
 const MAX_CONNECTIONS: usize = 256;
 /// Connections served at once on the metrics port (probes and scrapes).
 const MAX_METRICS_CONNECTIONS: usize = 128;
+/// The probe listener's cap: the kubelet probes one connection at a time.
+const MAX_PROBE_CONNECTIONS: usize = 16;
 /// Probes and scrapes send their request at once: idle connections there go after this.
 const METRICS_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Concurrent HTTP/2 streams per connection (hyper's default is 200).
@@ -130,6 +132,14 @@ pub struct ServeArgs {
         default_value = "0.0.0.0:9090"
     )]
     pub metrics_addr: SocketAddr,
+    /// Address of the plain-HTTP /healthz and /readyz listener for the kubelet's probes: its
+    /// own connections, so that clients of the metrics port cannot starve the probes.
+    #[arg(
+        long,
+        env = "SIDECAR_INJECTOR_PROBE_ADDR",
+        default_value = "0.0.0.0:8081"
+    )]
+    pub probe_addr: SocketAddr,
     /// In-memory self-signed certificate for localhost/127.0.0.1: no files needed.
     #[arg(long, env = "SIDECAR_INJECTOR_DEV")]
     pub dev: bool,
@@ -448,10 +458,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// The metrics listener's routes (probes too, as they need no client certificate).
+/// The metrics listener's routes (probes too, for people: they need no client certificate).
 pub fn metrics_router(state: Arc<AppState>) -> Router {
+    probe_router(state.clone()).merge(
+        Router::new()
+            .route("/metrics", get(metrics))
+            .with_state(state),
+    )
+}
+
+/// The probe listener's routes.
+pub fn probe_router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -587,16 +605,17 @@ fn load(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<Startu
     })
 }
 
-/// The plain-HTTP metrics and probe listener, until `stop` fires: HTTP/1.1, one request per
-/// connection, the webhook port's deadlines, at most [`MAX_METRICS_CONNECTIONS`] at once (so
-/// idle clients here cannot take the file descriptors the webhook needs).
-fn spawn_metrics(
+/// A plain-HTTP listener (metrics, probes) serving `app` until `stop` fires: HTTP/1.1, one
+/// request per connection, the webhook port's deadlines, at most `max_connections` at once
+/// (so idle clients here cannot take the file descriptors the webhook needs).
+fn spawn_plain(
     listener: TcpListener,
-    state: Arc<AppState>,
-    stop: tokio::sync::oneshot::Receiver<()>,
+    app: Router,
+    max_connections: usize,
+    name: &'static str,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let app = metrics_router(state);
         let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
         builder
             .http1()
@@ -604,11 +623,15 @@ fn spawn_metrics(
             .header_read_timeout(METRICS_HEADER_TIMEOUT)
             .keep_alive(false)
             .max_buf_size(MAX_HEADER_BYTES);
-        let slots = Arc::new(Semaphore::new(MAX_METRICS_CONNECTIONS));
+        let slots = Arc::new(Semaphore::new(max_connections));
         let graceful = GracefulShutdown::new();
-        tokio::pin!(stop);
+        let mut stop = stop;
+        let stopped = async move {
+            let _ = stop.wait_for(|stop| *stop).await.is_ok();
+        };
+        tokio::pin!(stopped);
         while let Some((slot, stream, _)) =
-            next_connection(&listener, &slots, &mut stop, "metrics").await
+            next_connection(&listener, &slots, &mut stopped, name).await
         {
             let io = DeadlineIo::new(
                 stream,
@@ -817,8 +840,12 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
     let metrics_listener = TcpListener::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
+    let probe_listener = TcpListener::bind(args.probe_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.probe_addr))?;
     tracing::info!(addr = %listener.local_addr()?, mtls = startup.mtls, "webhook listening");
     tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+    tracing::info!(addr = %probe_listener.local_addr()?, "probes listening");
 
     if args.auto.tls_auto {
         crate::autotls::spawn(args.auto.clone(), startup.store.clone(), state.clone()).await?;
@@ -829,8 +856,23 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
         startup.store,
         args.timing.reload_interval,
     );
-    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics_task = spawn_metrics(metrics_listener, state.clone(), metrics_stopped);
+    let (stop_plain, plain_stopped) = tokio::sync::watch::channel(false);
+    let plain_tasks = [
+        spawn_plain(
+            metrics_listener,
+            metrics_router(state.clone()),
+            MAX_METRICS_CONNECTIONS,
+            "metrics",
+            plain_stopped.clone(),
+        ),
+        spawn_plain(
+            probe_listener,
+            probe_router(state.clone()),
+            MAX_PROBE_CONNECTIONS,
+            "probes",
+            plain_stopped,
+        ),
+    ];
 
     let connections = Connections {
         acceptor: startup.acceptor,
@@ -847,8 +889,10 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
     state.set_ready(false);
     drop(listener);
     drain(graceful, args.timing.shutdown_grace).await;
-    let _ = stop_metrics.send(());
-    let _ = metrics_task.await;
+    let _ = stop_plain.send(true);
+    for task in plain_tasks {
+        let _ = task.await;
+    }
     Ok(())
 }
 

@@ -76,6 +76,7 @@ fn base_renders_and_validates_with_the_good_practices() {
         "Service",
         "Deployment",
         "PodDisruptionBudget",
+        "NetworkPolicy",
         "MutatingWebhookConfiguration",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
@@ -263,6 +264,58 @@ fn match_conditions_send_only_pods_with_the_opt_in_key() {
 
 /// Every rule of the tls-auto RBAC names its objects, except `create`, which the API cannot
 /// limit by name; and nothing beyond the Secret, the Lease and the webhook configuration.
+#[test]
+fn probes_have_their_own_port_and_the_network_policy_admits_each_port_from_its_caller() {
+    let objects = kustomize(&root().join("deploy"));
+    let c = &find(&objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0];
+    let port = |name: &str| {
+        c["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["containerPort"].clone())
+    };
+    // The server's default --probe-addr port, not exposed by the Service.
+    assert_eq!(port("probes"), Some(serde_json::json!(8081)));
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["port"], "probes", "{probe}");
+    }
+    let svc = find(&objects, "Service")[0];
+    assert!(!svc["spec"]["ports"].to_string().contains("probes"));
+    let policies = find(&objects, "NetworkPolicy");
+    assert_eq!(policies.len(), 1);
+    let spec = &policies[0]["spec"];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"],
+        find(&objects, "Deployment")[0]["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(spec["policyTypes"], serde_json::json!(["Ingress"]));
+    let rules = spec["ingress"].as_array().unwrap();
+    let rule_for = |port: &str| {
+        rules.iter().find(|r| {
+            r["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["port"] == port)
+        })
+    };
+    assert!(
+        rule_for("https").unwrap()["from"].is_null(),
+        "the apiserver, from anywhere"
+    );
+    let metrics = rule_for("metrics").unwrap();
+    assert_eq!(
+        metrics["from"],
+        serde_json::json!([{"namespaceSelector": {"matchLabels": {"sidecar-injector.io/metrics-scraper": "allowed"}}}])
+    );
+    assert!(
+        rule_for("probes").is_none(),
+        "the node's kubelet needs no rule"
+    );
+}
+
 #[test]
 fn tls_auto_rbac_is_as_narrow_as_the_api_allows() {
     let objects = kustomize(&root().join("deploy"));

@@ -467,6 +467,61 @@ fn slow_small_bodies_do_not_starve_the_apiservers_reviews() {
 }
 
 #[test]
+fn a_metrics_port_flood_does_not_starve_the_probes() {
+    let target = Target::start();
+    common::rt().block_on(async {
+        // Every connection the metrics port takes, and more waiting in its backlog, each
+        // sending a request head one byte a second (inside the 2 s header timeout).
+        let mut flood = Vec::new();
+        for _ in 0..200 {
+            let addr = target.server.metrics.clone();
+            flood.push(tokio::spawn(async move {
+                let Ok(mut tcp) = TcpStream::connect(&addr).await else {
+                    return;
+                };
+                for b in b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+                    .iter()
+                    .cycle()
+                    .take(60)
+                {
+                    if tcp.write_all(&[*b]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(900)).await;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let get = |addr: String| async move {
+            let start = Instant::now();
+            let got = tokio::time::timeout(Duration::from_secs(1), async {
+                reqwest::get(format!("http://{addr}/readyz"))
+                    .await?
+                    .text()
+                    .await
+            })
+            .await;
+            (got.ok().and_then(Result::ok), start.elapsed())
+        };
+        // The flood works: the metrics port's own /readyz waits behind it.
+        let (behind, _) = get(target.server.metrics.clone()).await;
+        let mut worst = Duration::ZERO;
+        for _ in 0..5 {
+            let (probe, took) = get(target.server.probes.clone()).await;
+            assert_eq!(probe.as_deref(), Some("ok\n"), "probe after {took:?}");
+            worst = worst.max(took);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!("metrics-port flood: metrics /readyz {behind:?}, slowest probe {worst:?}");
+        assert!(behind.is_none(), "the flood did not fill the metrics port");
+        for f in flood {
+            f.abort();
+        }
+    });
+    target.assert_within_budget("metrics-port flood");
+}
+
+#[test]
 fn silent_connections_are_closed_on_both_ports() {
     let target = Target::start();
     common::rt().block_on(async {

@@ -10,6 +10,7 @@ pub struct Server {
     pub child: Child,
     pub addr: String,
     pub metrics: String,
+    pub probes: String,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -23,6 +24,7 @@ impl Server {
         let mut child = Command::new(exe)
             .arg("serve")
             .args(["--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+            .args(["--probe-addr", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -38,26 +40,30 @@ impl Server {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("listening") {
                     let addr = log_field(&line, "addr").unwrap_or_default();
-                    let _ = tx.send((line.contains("webhook"), addr));
+                    let listener = ["webhook", "metrics", "probes"]
+                        .into_iter()
+                        .find(|l| line.contains(&format!("{l} listening")));
+                    let _ = tx.send((listener.unwrap_or_default(), addr));
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let (mut addr, mut metrics) = (String::new(), String::new());
-        for _ in 0..2 {
-            let (webhook, a) = rx
+        let (mut addr, mut metrics, mut probes) = (String::new(), String::new(), String::new());
+        for _ in 0..3 {
+            let (listener, a) = rx
                 .recv_timeout(Duration::from_secs(20))
                 .unwrap_or_else(|_| panic!("server did not start: {:?}", log.lock().unwrap()));
-            if webhook {
-                addr = a
-            } else {
-                metrics = a
+            match listener {
+                "webhook" => addr = a,
+                "metrics" => metrics = a,
+                _ => probes = a,
             }
         }
         Server {
             child,
             addr,
             metrics,
+            probes,
             log,
         }
     }
