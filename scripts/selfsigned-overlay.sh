@@ -38,5 +38,8 @@ patches:
       - op: add
         path: /webhooks/1/clientConfig/caBundle
         value: $ca
+      - op: add
+        path: /webhooks/2/clientConfig/caBundle
+        value: $ca
 YAML
 echo "wrote $out/kustomization.yaml: kubectl apply -k $out"

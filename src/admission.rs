@@ -190,12 +190,10 @@ fn review_raw(body: &[u8], policy: Policy, config: &Config) -> Result<Answer, Re
 
 const NO_OBJECT: &str = "the request has no pod object";
 
-fn respond<'b, O>(
-    env: Envelope<'_, O>,
-    policy: Policy,
-    config: &Config,
-    decode: impl FnOnce(Option<O>) -> Result<PodView<'b>, String>,
-) -> Result<Answer, RequestError> {
+/// The envelope's checks every endpoint shares: an AdmissionReview v1 with a request and a uid.
+fn checked_request<'a, O>(
+    env: Envelope<'a, O>,
+) -> Result<(Cow<'a, str>, Request<'a, O>), RequestError> {
     if env.kind.as_deref() != Some(META_KIND) {
         return Err(bad(format!(
             "the body is not an AdmissionReview (kind {})",
@@ -208,13 +206,58 @@ fn respond<'b, O>(
             Quoted(env.api_version.as_deref().unwrap_or(""))
         )));
     }
-    let req = env
+    let mut req = env
         .request
         .ok_or_else(|| bad("the AdmissionReview has no request"))?;
-    let uid = match req.uid {
-        Some(u) if !u.is_empty() => u,
-        _ => return Err(bad("the AdmissionReview request has no uid")),
+    match req.uid.take() {
+        Some(u) if !u.is_empty() => Ok((u, req)),
+        _ => Err(bad("the AdmissionReview request has no uid")),
+    }
+}
+
+/// Reviews one `POST /workloads` body: always allowed, never a patch, a warning for each of
+/// our pod-level keys on the workload's own metadata that its pod template lacks.
+pub fn review_workload(body: &[u8]) -> Result<Answer, RequestError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(RequestError::TooLarge);
+    }
+    let env: Envelope<&RawValue> = serde_json::from_slice(body)
+        .map_err(|e| bad(bounded(format!("the body is not an AdmissionReview: {e}"))))?;
+    let (uid, req) = checked_request(env)?;
+    let gvk = req.kind.unwrap_or_default();
+    let writes_object = matches!(req.operation.as_deref(), Some("CREATE" | "UPDATE"))
+        && req.sub_resource.as_deref().unwrap_or("").is_empty();
+    let warnings = match req.object {
+        Some(object) if writes_object => {
+            crate::workload::misplaced_keys(&gvk.group, &gvk.kind, object.get())
+                .iter()
+                .map(|m| m.warning(&gvk.kind))
+                .collect()
+        }
+        _ => Vec::new(),
     };
+    let decision = Decision::Unchanged {
+        reason: Reason::WorkloadChecked,
+        warnings,
+    };
+    Ok(Answer {
+        body: render(&uid, &decision),
+        outcome: Outcome::Skipped,
+        reason: Reason::WorkloadChecked,
+        uid: uid.into_owned(),
+        namespace: req.namespace.map(Cow::into_owned).unwrap_or_default(),
+        pod: req.name.map(Cow::into_owned).unwrap_or_default(),
+        profiles: Vec::new(),
+    })
+}
+
+fn respond<'b, O>(
+    env: Envelope<'_, O>,
+    policy: Policy,
+    config: &Config,
+    decode: impl FnOnce(Option<O>) -> Result<PodView<'b>, String>,
+) -> Result<Answer, RequestError> {
+    let (uid, req) = checked_request(env)?;
 
     let gvk = req.kind.unwrap_or_default();
     let is_pod_create = gvk.group.is_empty()

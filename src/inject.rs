@@ -68,10 +68,11 @@ pub enum Reason {
     OptedIn,
     NamespaceEnabled,
     InternalError,
+    WorkloadChecked,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::BadRequest,
         Reason::TooLarge,
         Reason::NotAPodCreate,
@@ -87,6 +88,7 @@ impl Reason {
         Reason::OptedIn,
         Reason::NamespaceEnabled,
         Reason::InternalError,
+        Reason::WorkloadChecked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +108,7 @@ impl Reason {
             Reason::NameClash => "name-clash",
             Reason::OptedIn => "opted-in",
             Reason::NamespaceEnabled => "namespace-enabled",
+            Reason::WorkloadChecked => "workload-checked",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! sidecar-injector: a Kubernetes mutating admission webhook that injects sidecars.
 //!
 //! The pure core (`inject`, `podsecurity`, `admission`, `manifest`, `config`, `yaml`,
-//! `selection`, `check::evaluate`, `rotation`) does no I/O; the server (`server`, `state`,
+//! `selection`, `workload`, `check::evaluate`, `rotation`) does no I/O; the server (`server`, `state`,
 //! `limits`, `logging`, `tls`, `reload`, `metrics`, `autotls`), the CLI (`cli`), `check::run`
 //! and `kubeapi` are thin shells around it.
 #![forbid(unsafe_code)]
@@ -27,4 +27,5 @@ pub mod selection;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod workload;
 pub mod yaml;

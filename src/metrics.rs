@@ -80,9 +80,11 @@ fn outcomes_of(reason: Reason) -> &'static [Outcome] {
     match reason {
         Reason::BadRequest | Reason::InternalError => &[Outcome::Error],
         Reason::TooLarge => &[Outcome::Error, Outcome::Denied],
-        Reason::NotAPodCreate | Reason::AlreadyInjected | Reason::OptedOut | Reason::NotOptedIn => {
-            &[Outcome::Skipped]
-        }
+        Reason::NotAPodCreate
+        | Reason::AlreadyInjected
+        | Reason::OptedOut
+        | Reason::NotOptedIn
+        | Reason::WorkloadChecked => &[Outcome::Skipped],
         Reason::BadObject
         | Reason::BadAnnotation
         | Reason::UnknownProfile

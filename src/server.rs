@@ -26,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::admission::{review, Answer, Outcome, RequestError, MAX_BODY_BYTES};
+use crate::admission::{review, review_workload, Answer, Outcome, RequestError, MAX_BODY_BYTES};
 use crate::config::Config;
 use crate::excerpt::{Escaped, Quoted};
 use crate::inject::Policy;
@@ -227,8 +227,30 @@ pub fn path_policy_segment(segment: &str) -> Result<Policy, RequestError> {
 
 /// The review, with a panic (a bug of ours, whatever the input) answered 500 `internal-error`
 /// instead of ending the connection: the panic's message is logged by the panic hook.
-fn guarded_review(bytes: &[u8], policy: Policy, config: &Config) -> Result<Answer, RequestError> {
-    guarded(|| review(bytes, policy, config))
+/// What a request asks for: a pod review (`/mutate`, with its policy) or a workload check.
+#[derive(Clone, Copy, Debug)]
+enum Endpoint {
+    Mutate(Policy),
+    Workloads,
+}
+
+impl Endpoint {
+    /// The pod review's policy from the path segment and the query.
+    fn mutate(path: Option<&str>, query: Option<&str>) -> Result<Endpoint, RequestError> {
+        let path = path.map(path_policy_segment).transpose()?;
+        policy_from_query(query, path).map(Endpoint::Mutate)
+    }
+}
+
+fn guarded_review(
+    bytes: &[u8],
+    endpoint: Endpoint,
+    config: &Config,
+) -> Result<Answer, RequestError> {
+    guarded(|| match endpoint {
+        Endpoint::Mutate(policy) => review(bytes, policy, config),
+        Endpoint::Workloads => review_workload(bytes),
+    })
 }
 
 fn guarded<T>(work: impl FnOnce() -> Result<T, RequestError>) -> Result<T, RequestError> {
@@ -244,13 +266,11 @@ fn guarded<T>(work: impl FnOnce() -> Result<T, RequestError>) -> Result<T, Reque
 
 async fn read_and_review(
     state: &AppState,
-    path_policy: Option<&str>,
-    query: Option<&str>,
+    endpoint: Result<Endpoint, RequestError>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(Answer, Reservation), RequestError> {
-    let path_policy = path_policy.map(path_policy_segment).transpose()?;
-    let policy = policy_from_query(query, path_policy)?;
+    let endpoint = endpoint?;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -341,11 +361,11 @@ async fn read_and_review(
     let config = state.config();
     let answer = if bytes.len() > BLOCKING_REVIEW_BYTES {
         // Tens of milliseconds of CPU: off the async workers, so other connections are served.
-        tokio::task::spawn_blocking(move || guarded_review(&bytes, policy, &config))
+        tokio::task::spawn_blocking(move || guarded_review(&bytes, endpoint, &config))
             .await
             .map_err(|e| RequestError::Internal(e.to_string()))??
     } else {
-        guarded_review(&bytes, policy, &config)?
+        guarded_review(&bytes, endpoint, &config)?
     };
     // The body is no longer needed; the answer's bytes stay reserved until sent.
     drop(body_reservation);
@@ -364,7 +384,13 @@ async fn mutate(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    answer(&state, None, query.as_deref(), &headers, body).await
+    answer(
+        &state,
+        Endpoint::mutate(None, query.as_deref()),
+        &headers,
+        body,
+    )
+    .await
 }
 
 async fn mutate_with_policy(
@@ -374,19 +400,23 @@ async fn mutate_with_policy(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    answer(&state, Some(&policy), query.as_deref(), &headers, body).await
+    let endpoint = Endpoint::mutate(Some(&policy), query.as_deref());
+    answer(&state, endpoint, &headers, body).await
+}
+
+async fn workloads(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    answer(&state, Ok(Endpoint::Workloads), &headers, body).await
 }
 
 /// Reviews, counts and logs one request: every webhook answer goes through here.
 async fn answer(
     state: &AppState,
-    path_policy: Option<&str>,
-    query: Option<&str>,
+    endpoint: Result<Endpoint, RequestError>,
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
     let start = Instant::now();
-    let result = read_and_review(state, path_policy, query, headers, body).await;
+    let result = read_and_review(state, endpoint, headers, body).await;
     let elapsed = start.elapsed();
     let duration_us = elapsed.as_micros() as u64;
     match result {
@@ -453,6 +483,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         // The apiserver refuses a query in a webhook's service path (each segment must be a
         // DNS subdomain), so the policy can also be given as a path segment.
         .route("/mutate/{policy}", post(mutate_with_policy))
+        .route("/workloads", post(workloads))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -959,6 +990,110 @@ mod tests {
         let status = res.status();
         let body = res.into_body().collect().await.unwrap().to_bytes().to_vec();
         (status, body)
+    }
+
+    fn workload_review(
+        group: &str,
+        kind: &str,
+        operation: &str,
+        object: serde_json::Value,
+    ) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": "w1", "kind": {"group": group, "version": "v1", "kind": kind},
+                "operation": operation, "name": "web", "namespace": "apps", "object": object}}))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn workloads_are_always_allowed_with_a_warning_per_misplaced_key() {
+        let (state, app) = app();
+        let misplaced = serde_json::json!({
+            "metadata": {"annotations": {"sidecar-injector.io/inject": "true"},
+                         "labels": {"sidecar-injector.io/profiles": "debug"}},
+            "spec": {"template": {"metadata": {}}, "jobTemplate": {"spec": {"template": {}}}}});
+        for (group, kind) in [
+            ("apps", "Deployment"),
+            ("apps", "StatefulSet"),
+            ("apps", "DaemonSet"),
+            ("batch", "Job"),
+            ("batch", "CronJob"),
+        ] {
+            for operation in ["CREATE", "UPDATE"] {
+                let body = workload_review(group, kind, operation, misplaced.clone());
+                let req = Request::post("/workloads").body(Body::from(body)).unwrap();
+                let (status, got) = call(app.clone(), req).await;
+                assert_eq!(status, StatusCode::OK);
+                let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
+                let r = &v["response"];
+                assert_eq!(
+                    (r["uid"].as_str(), r["allowed"].as_bool()),
+                    (Some("w1"), Some(true))
+                );
+                assert!(r["patch"].is_null() && r["patchType"].is_null(), "{r}");
+                let warnings: Vec<&str> = r["warnings"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|w| w.as_str().unwrap())
+                    .collect();
+                let target = if kind == "CronJob" {
+                    "spec.jobTemplate.spec.template.metadata.annotations"
+                } else {
+                    "spec.template.metadata.annotations"
+                };
+                assert_eq!(warnings.len(), 2, "{kind}: {warnings:?}");
+                assert!(
+                    warnings[0].contains("sidecar-injector.io/inject")
+                        && warnings[0].contains("metadata.annotations")
+                );
+                assert!(
+                    warnings[1].contains("sidecar-injector.io/profiles")
+                        && warnings[1].contains("metadata.labels")
+                );
+                assert!(
+                    warnings
+                        .iter()
+                        .all(|w| w.ends_with(target) && w.contains(kind)),
+                    "{warnings:?}"
+                );
+                assert_eq!(r["auditAnnotations"]["reason"], "workload-checked");
+            }
+        }
+        // Placed right, an unrelated kind, a DELETE: allowed, no warning.
+        let placed = serde_json::json!({"metadata": {},
+            "spec": {"template": {"metadata": {"annotations": {"sidecar-injector.io/inject": "true"}}}}});
+        for body in [
+            workload_review("apps", "Deployment", "UPDATE", placed),
+            workload_review("apps", "ReplicaSet", "CREATE", misplaced.clone()),
+            workload_review("apps", "Deployment", "DELETE", misplaced.clone()),
+            workload_review(
+                "apps",
+                "Deployment",
+                "CREATE",
+                serde_json::json!("not an object"),
+            ),
+        ] {
+            let req = Request::post("/workloads").body(Body::from(body)).unwrap();
+            let (status, got) = call(app.clone(), req).await;
+            let v: serde_json::Value = serde_json::from_slice(&got).unwrap();
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(v["response"]["allowed"], true);
+            assert!(v["response"]["warnings"].is_null(), "{v}");
+        }
+        // HTTP-level bad input: the same answers as /mutate.
+        let req = Request::post("/workloads").body(Body::from("{}")).unwrap();
+        assert_eq!(call(app.clone(), req).await.0, StatusCode::BAD_REQUEST);
+        let req = Request::post("/workloads")
+            .body(Body::from(vec![b' '; MAX_BODY_BYTES + 1]))
+            .unwrap();
+        assert_eq!(
+            call(app.clone(), req).await.0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        let text = state.metrics.encode();
+        let series = r#"sidecar_injector_admission_requests_total{outcome="skipped",reason="workload-checked"} 14"#;
+        assert!(text.contains(series), "{text}");
     }
 
     #[tokio::test]

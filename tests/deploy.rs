@@ -141,8 +141,8 @@ fn webhook_configuration_selects_and_calls_as_documented() {
     let objects = kustomize(&root().join("deploy"));
     let mwc = find(&objects, "MutatingWebhookConfiguration")[0];
     let hooks = mwc["webhooks"].as_array().unwrap();
-    assert_eq!(hooks.len(), 2);
-    for h in hooks {
+    assert_eq!(hooks.len(), 3);
+    for h in &hooks[..2] {
         assert_eq!(h["admissionReviewVersions"], serde_json::json!(["v1"]));
         assert_eq!(h["sideEffects"], "None");
         assert_eq!(h["reinvocationPolicy"], "IfNeeded");
@@ -188,7 +188,7 @@ fn webhook_configuration_selects_and_calls_as_documented() {
             .unwrap_or_default()
     };
     assert!(excluded(pod, "sidecar-injector.io/injection").contains(&"enabled".to_string()));
-    // Both webhooks: never the system namespaces or the injector's own, whatever their labels.
+    // Every webhook: never the system namespaces or the injector's own, whatever their labels.
     for hook in hooks {
         let names = excluded(hook, "kubernetes.io/metadata.name");
         for ns in [
@@ -205,6 +205,69 @@ fn webhook_configuration_selects_and_calls_as_documented() {
         }
     }
     assert!(!pod["matchConditions"].as_array().unwrap().is_empty());
+    // The workload-warning webhook: allowed either way, and only for the workload kinds.
+    let w = &hooks[2];
+    assert_eq!(w["clientConfig"]["service"]["path"], "/workloads");
+    assert_eq!(w["failurePolicy"], "Ignore");
+    assert_eq!(w["sideEffects"], "None");
+    assert_eq!(w["reinvocationPolicy"], "Never");
+    let mut resources: Vec<String> = w["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            assert_eq!(r["operations"], serde_json::json!(["CREATE", "UPDATE"]));
+            let group = r["apiGroups"][0].as_str().unwrap().to_string();
+            r["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |x| format!("{group}/{}", x.as_str().unwrap()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    resources.sort();
+    assert_eq!(
+        resources,
+        [
+            "apps/daemonsets",
+            "apps/deployments",
+            "apps/statefulsets",
+            "batch/cronjobs",
+            "batch/jobs"
+        ]
+    );
+}
+
+#[test]
+fn the_workload_webhook_is_called_only_for_workloads_with_our_key_on_their_own_metadata() {
+    let objects = kustomize(&root().join("deploy"));
+    let mwc = find(&objects, "MutatingWebhookConfiguration")[0];
+    let conditions = mwc["webhooks"][2]["matchConditions"].as_array().unwrap();
+    let deployment = |meta: Value| {
+        serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
+        "spec": {"template": {"metadata": {"annotations": {"sidecar-injector.io/inject": "true"}}}}})
+    };
+    for key in sidecar_injector::workload::POD_KEYS {
+        for place in ["annotations", "labels"] {
+            let meta = serde_json::json!({"name": "web", place: {key: "x"}});
+            assert!(
+                cel_selects(conditions, &deployment(meta)),
+                "{key} in {place}"
+            );
+        }
+    }
+    // The template's keys, other keys, our status: no call.
+    for meta in [
+        serde_json::json!({"name": "web"}),
+        serde_json::json!({"name": "web", "annotations": {"other": "true"}, "labels": {"app": "web"}}),
+        serde_json::json!({"name": "web", "annotations": {"sidecar-injector.io/status": "{}"}}),
+    ] {
+        assert!(
+            !cel_selects(conditions, &deployment(meta.clone())),
+            "{meta}"
+        );
+    }
 }
 
 /// Evaluates every matchCondition of the pod webhook the way the apiserver does (all must

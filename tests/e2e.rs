@@ -660,7 +660,8 @@ fn certificate_rotation_with_an_overlapping_ca_bundle_fails_no_create() {
         let ca = common::b64(pem);
         let patch = json!([
             {"op": "replace", "path": "/webhooks/0/clientConfig/caBundle", "value": ca},
-            {"op": "replace", "path": "/webhooks/1/clientConfig/caBundle", "value": ca}]);
+            {"op": "replace", "path": "/webhooks/1/clientConfig/caBundle", "value": ca},
+            {"op": "replace", "path": "/webhooks/2/clientConfig/caBundle", "value": ca}]);
         c.ok(&[
             "patch",
             "mutatingwebhookconfiguration",
