@@ -420,6 +420,11 @@ pub fn evaluate(
         finding.reason = "no-webhooks".into();
         finding.message = format!("{config_name} has no webhooks");
     } else {
+        // A webhook whose rules do not cover pods (the workload-warning one) says nothing
+        // about a pod when another webhook does.
+        if skips.iter().any(|(stage, ..)| *stage != RULES_STAGE) {
+            skips.retain(|(stage, ..)| *stage != RULES_STAGE);
+        }
         // The webhook the apiserver got furthest with explains best; the others follow.
         skips.sort_by_key(|(stage, ..)| std::cmp::Reverse(*stage));
         finding.reason = skips[0].1.into();
@@ -429,8 +434,19 @@ pub fn evaluate(
             .collect::<Vec<_>>()
             .join("; ");
     }
+    // Our keys on a workload's own metadata, where no pod sees them: the likely cause.
+    let group = object.doc["apiVersion"]
+        .as_str()
+        .and_then(|v| v.split_once('/'))
+        .map_or("", |(group, _)| group);
+    for misplaced in crate::workload::misplaced_in_value(group, object.kind, object.doc) {
+        finding.message = format!("{}; {}", misplaced.hint(object.kind), finding.message);
+    }
     finding
 }
+
+/// `Skip::stage` of a webhook whose rules do not cover pod creates.
+const RULES_STAGE: u8 = 2;
 
 /// A CREATE would inject: a template or manifest would be, a live pod must be recreated.
 fn injectable(
@@ -1064,6 +1080,12 @@ mod tests {
             (Verdict::NotInjected, "match-conditions", None)
         );
         assert_eq!(f.object, "deployment/api");
+        // The key sits on the Deployment itself: DETAIL says where it must go.
+        assert!(
+            f.message.starts_with("annotation sidecar-injector.io/inject on the Deployment's own metadata: move it to spec.template.metadata.annotations; "),
+            "{}",
+            f.message
+        );
         let mut opted = deployment.clone();
         opted["spec"]["template"]["metadata"]["annotations"] = json!({INJECT_KEY: "true"});
         let f = check(&ns("demo", &[]), "Deployment", &opted, true);

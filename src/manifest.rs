@@ -20,12 +20,13 @@ pub enum ManifestError {
 pub struct Report {
     /// The documents as YAML, injected where selected.
     pub output: String,
-    /// `Kind/name: reason` for every pod template left unchanged.
+    /// `Kind/name: reason` for every pod template left unchanged, each followed by a
+    /// `Kind/name: hint: ...` line for every key of ours on the workload's own metadata.
     pub unchanged: Vec<String>,
     /// `Kind/name: message` for every pod template that would be denied.
     pub denials: Vec<String>,
     /// `Kind/name: warning: ...`: the answer's warnings, and one line for each sidecar
-    /// written to run as root.
+    /// written to run as root; hints (as above) for workloads that were injected.
     pub warnings: Vec<String>,
 }
 
@@ -89,6 +90,16 @@ fn process(doc: &mut Value, policy: Policy, config: &Config, report: &mut Report
         return;
     };
     let who = label(doc, &kind);
+    // Our keys on the workload's own metadata, where no pod sees them: said beside the result.
+    let group = doc
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .and_then(|v| v.split_once('/'))
+        .map_or("", |(group, _)| group);
+    let hints: Vec<String> = crate::workload::misplaced_in_value(group, &kind, doc)
+        .iter()
+        .map(|m| format!("{who}: hint: {}", m.hint(&kind)))
+        .collect();
     let Some(template) = doc.pointer_mut(pointer) else {
         report.denials.push(format!(
             "{who}: bad-object: it has no pod template at {pointer}"
@@ -104,7 +115,8 @@ fn process(doc: &mut Value, policy: Policy, config: &Config, report: &mut Report
     };
     match decision {
         Decision::Unchanged { reason, .. } => {
-            report.unchanged.push(format!("{who}: {}", reason.as_str()))
+            report.unchanged.push(format!("{who}: {}", reason.as_str()));
+            report.unchanged.extend(hints);
         }
         Decision::Deny { message, .. } => report.denials.push(format!("{who}: {message}")),
         Decision::Inject { injection, .. } => {
@@ -120,6 +132,7 @@ fn process(doc: &mut Value, policy: Policy, config: &Config, report: &mut Report
             for warning in &injection.warnings {
                 report.warnings.push(format!("{who}: warning: {warning}"));
             }
+            report.warnings.extend(hints);
             for name in root_sidecars(template) {
                 report.warnings.push(format!(
                     "{who}: warning: sidecar {name:?} runs as root (uid 0) to see and signal \

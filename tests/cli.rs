@@ -127,6 +127,34 @@ fn inject_warns_on_stderr_for_each_root_sidecar_it_writes() {
 }
 
 #[test]
+fn inject_says_where_a_key_on_the_workloads_own_metadata_must_go() {
+    let manifest = br#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  annotations:
+    sidecar-injector.io/inject: "true"
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: app, image: nginx:1.27}]
+"#;
+    let out = run(&["inject", "-f", "-"], manifest);
+    assert!(out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            "Deployment/web: not-opted-in",
+            "Deployment/web: hint: annotation sidecar-injector.io/inject on the Deployment's own metadata: move it to spec.template.metadata.annotations",
+        ],
+        "{stderr}"
+    );
+}
+
+#[test]
 fn inject_handles_every_workload_kind_and_says_why_not() {
     let out = run(
         &[

@@ -1502,6 +1502,94 @@ fn deployment(ns: &str, name: &str, template_annotations: Value) -> Value {
                 "spec": {"schedulerName": OFF_NODE, "containers": [{"name": "app", "image": "nginx:1.27"}]}}}})
 }
 
+/// The webhook's `/workloads` answers for workloads in `ns`.
+fn workload_checks_in(ns: &str) -> usize {
+    review_lines(webhook().as_ref().unwrap())
+        .iter()
+        .filter(|l| {
+            log_field(l, "namespace").as_deref() == Some(ns)
+                && log_field(l, "reason").as_deref() == Some("workload-checked")
+        })
+        .count()
+}
+
+#[test]
+fn a_key_on_a_deployments_own_metadata_is_named_to_whoever_put_it_there() {
+    let ns = "workload-hints";
+    let (_s, c) = scenario(ns, json!({}));
+    // Without our key on its own metadata, a Deployment's writes never reach the webhook
+    // (the CEL condition): its create, an unrelated annotation, the controller's updates.
+    c.apply_ok(&deployment(ns, "web", json!({})));
+    c.ok(&["-n", ns, "annotate", "deployment", "web", "team=payments"]);
+    c.ok(&["-n", ns, "scale", "deployment", "web", "--replicas=2"]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        workload_checks_in(ns),
+        0,
+        "calls for a Deployment without our key"
+    );
+    // The first mistake: kubectl annotate puts the key on the Deployment itself.
+    let key = format!("{INJECT}=true");
+    let out = c.kubectl(&["-n", ns, "annotate", "deployment", "web", &key], None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("Warning:")
+            && err.contains(&format!(
+                "{INJECT} is on the Deployment's own metadata.annotations"
+            ))
+            && err.contains("move it to spec.template.metadata.annotations"),
+        "kubectl does not print where the key must go: {err}"
+    );
+    assert!(workload_checks_in(ns) >= 1);
+    // check says the same in its table's DETAIL.
+    let (_, table, _) = run_check(c, &c.kubeconfig, &["-n", ns, "deployment/web"]);
+    assert!(
+        table.contains(&format!(
+            "annotation {INJECT} on the Deployment's own metadata: move it to spec.template.metadata.annotations"
+        )),
+        "{table}"
+    );
+    // Nothing was changed or injected: the pods still lack the sidecar.
+    let pods = c.get(ns, "pods");
+    for p in pods["items"].as_array().unwrap() {
+        let names: Vec<&str> = p["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, ["app"], "{}", p["metadata"]["name"]);
+    }
+    // Where the hint says: the next pods are injected.
+    let template = json!({"spec": {"template": {"metadata": {"annotations": {INJECT: "true"}}}}});
+    c.ok(&[
+        "-n",
+        ns,
+        "patch",
+        "deployment",
+        "web",
+        "--type=merge",
+        "-p",
+        &template.to_string(),
+    ]);
+    wait_for(
+        "the new ReplicaSet's pods injected",
+        Duration::from_secs(30),
+        || {
+            let pods = c.get(ns, "pods");
+            pods["items"].as_array().unwrap().iter().any(|p| {
+                p["metadata"]["annotations"][INJECT] == "true"
+                    && p["spec"]["containers"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|c| c["name"] == "sidecar")
+            })
+        },
+    );
+}
+
 #[test]
 fn check_explains_why_each_object_is_or_is_not_injected() {
     let ns = "check";
