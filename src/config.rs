@@ -41,7 +41,7 @@ struct RawConfig {
     default_profiles: Vec<String>,
     #[serde(default)]
     native_sidecars: bool,
-    #[serde(default)]
+    #[serde(default = "on")]
     mount_service_account_token: bool,
     #[serde(default = "allowed")]
     allow_process_sharing: bool,
@@ -50,6 +50,11 @@ struct RawConfig {
 
 /// `allowProcessSharing` when the file does not say.
 fn allowed() -> bool {
+    true
+}
+
+/// `mountServiceAccountToken` when the file does not say (the SPEC's default).
+fn on() -> bool {
     true
 }
 
@@ -481,7 +486,7 @@ mod tests {
         let c = Config::embedded().unwrap();
         assert_eq!(c.default_profiles, vec!["default"]);
         assert!(!c.native_sidecars);
-        assert!(!c.mount_service_account_token);
+        assert!(c.mount_service_account_token, "the SPEC's default");
         assert_eq!(c.profile_names(), "default, logging");
         let d = &c.profiles["default"];
         assert_eq!(d.containers[0].name, "sidecar");

@@ -1496,7 +1496,7 @@ mod tests {
     /// A config from YAML text with `mountServiceAccountToken` set to `on`.
     fn with_token_option(yaml: &str, on: bool) -> Config {
         let yaml = yaml.replace(
-            "mountServiceAccountToken: false",
+            "mountServiceAccountToken: true",
             &format!("mountServiceAccountToken: {on}"),
         );
         let config = Config::from_yaml(&yaml, "test").unwrap();
@@ -1556,7 +1556,7 @@ mod tests {
     #[test]
     fn token_mount_leaves_the_service_account_plugin_nothing_to_do() {
         // The embedded profiles, and one that adds an init container of its own.
-        let with_init = "defaultProfiles: [prep]\nmountServiceAccountToken: false\nprofiles:\n  \
+        let with_init = "defaultProfiles: [prep]\nmountServiceAccountToken: true\nprofiles:\n  \
                          prep:\n    initContainers: [{name: prepare, image: busybox}]\n    \
                          containers: [{name: sidecar, image: busybox}]\n";
         for yaml in [crate::config::DEFAULT_CONFIG_YAML, with_init] {

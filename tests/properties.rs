@@ -165,12 +165,13 @@ proptest! {
         token_option in any::<bool>(),
     ) {
         let config = if token_option {
-            let yaml = sidecar_injector::config::DEFAULT_CONFIG_YAML
-                .replace("mountServiceAccountToken: false", "mountServiceAccountToken: true");
-            Config::from_yaml(&yaml, "mountServiceAccountToken: true").unwrap()
-        } else {
             Config::embedded().unwrap()
+        } else {
+            let yaml = sidecar_injector::config::DEFAULT_CONFIG_YAML
+                .replace("mountServiceAccountToken: true", "mountServiceAccountToken: false");
+            Config::from_yaml(&yaml, "mountServiceAccountToken: false").unwrap()
         };
+        prop_assert_eq!(config.mount_service_account_token, token_option);
         let policy = if enabled { Policy::Enabled } else { Policy::Disabled };
         let answer = review(&wrap(&pod), policy, &config).unwrap();
         let response: Value = serde_json::from_slice(&answer.body).unwrap();
