@@ -328,13 +328,17 @@ mod tests {
         load_pair(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()
     }
 
-    #[test]
-    fn a_certificate_outside_its_validity_is_refused_at_reload() {
-        let state = AppState::new(
+    fn state() -> AppState {
+        AppState::new(
             Config::embedded().unwrap(),
             crate::metrics::Metrics::new(),
             Duration::from_secs(10),
-        );
+        )
+    }
+
+    #[test]
+    fn a_certificate_outside_its_validity_is_refused_at_reload() {
+        let state = state();
         let good = pair(time::Duration::hours(-1), time::Duration::days(30));
         let store = CertStore::new(good.key.clone());
         let expired = pair(time::Duration::days(-30), time::Duration::days(-1));
@@ -358,11 +362,7 @@ mod tests {
 
     #[test]
     fn readiness_ends_when_the_serving_certificate_expires() {
-        let state = AppState::new(
-            Config::embedded().unwrap(),
-            crate::metrics::Metrics::new(),
-            Duration::from_secs(10),
-        );
+        let state = state();
         state.set_ready(true);
         let soon = pair(time::Duration::hours(-1), time::Duration::seconds(60));
         note_certificate(&soon, &state);

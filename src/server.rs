@@ -1012,13 +1012,7 @@ mod tests {
             "metadata": {"annotations": {"sidecar-injector.io/inject": "true"},
                          "labels": {"sidecar-injector.io/profiles": "debug"}},
             "spec": {"template": {"metadata": {}}, "jobTemplate": {"spec": {"template": {}}}}});
-        for (group, kind) in [
-            ("apps", "Deployment"),
-            ("apps", "StatefulSet"),
-            ("apps", "DaemonSet"),
-            ("batch", "Job"),
-            ("batch", "CronJob"),
-        ] {
+        for (group, kind) in crate::workload::WORKLOAD_KINDS {
             for operation in ["CREATE", "UPDATE"] {
                 let body = workload_review(group, kind, operation, misplaced.clone());
                 let req = Request::post("/workloads").body(Body::from(body)).unwrap();

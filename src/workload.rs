@@ -21,6 +21,15 @@ pub const POD_KEYS: [&str; 5] = [
     APP_MOUNT_PATH_KEY,
 ];
 
+/// The kinds checked, as (API group, kind): the SPEC's five.
+pub const WORKLOAD_KINDS: [(&str, &str); 5] = [
+    ("apps", "Deployment"),
+    ("apps", "StatefulSet"),
+    ("apps", "DaemonSet"),
+    ("batch", "Job"),
+    ("batch", "CronJob"),
+];
+
 /// Where a workload kind keeps its pod template (`None`: not a workload we check).
 /// ReplicaSets are left out: the Deployment controller copies a Deployment's annotations onto
 /// its ReplicaSets, so a warning there would only ever reach a controller.
@@ -214,13 +223,7 @@ mod tests {
     #[test]
     fn every_workload_kind_and_nothing_else() {
         let object = json!({"metadata": {"annotations": {INJECT_KEY: "true"}}, "spec": {}});
-        for (group, kind) in [
-            ("apps", "Deployment"),
-            ("apps", "StatefulSet"),
-            ("apps", "DaemonSet"),
-            ("batch", "Job"),
-            ("batch", "CronJob"),
-        ] {
+        for (group, kind) in WORKLOAD_KINDS {
             assert_eq!(keys(group, kind, object.clone()).len(), 1, "{kind}");
         }
         for (group, kind) in [("apps", "ReplicaSet"), ("", "Pod"), ("", "Deployment")] {
