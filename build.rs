@@ -1,6 +1,6 @@
 //! Links the functions `serve` runs next to each other (scripts/link-order.txt, made by
 //! scripts/link-order.sh): the kernel maps code in 64 KiB runs around each page touched, so
-//! spread-out hot code keeps most of the 12 MB binary resident (README "Performance").
+//! spread-out hot code keeps most of the 12 MB binary resident (docs/performance.md).
 
 fn main() {
     let list = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/link-order.txt");

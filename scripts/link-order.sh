@@ -3,7 +3,7 @@
 # functions `serve` runs, linked next to each other at the front of the code. Without it the
 # ~2,000 functions start-up and reviews run are spread over 12 MB of code, and the kernel
 # maps each 4 KiB page they touch together with its neighbours (fault-around, 64 KiB): 8.8
-# of the 12 MB end up resident, as against 3.5 MB ordered (README "Performance").
+# of the 12 MB end up resident, as against 3.5 MB ordered (docs/performance.md).
 #
 #   link-order.sh generate   run the release server under callgrind (start-up, HTTP/1.1 and
 #                            HTTP/2 reviews, probes, metrics, drain) and write the list

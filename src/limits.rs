@@ -3,7 +3,7 @@
 //! deadlines on connection I/O, and a per-connection watch on answers nobody reads.
 //!
 //! The budget, with the caps in `server` (connections, streams, h2 windows), is what the
-//! README's memory figure adds up; the deploy's memory limit is set from it.
+//! memory figure in docs/reliability.md adds up; the deploy's memory limit is set from it.
 
 use std::collections::BTreeMap;
 use std::future::Future;

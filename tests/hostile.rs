@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// The server's documented memory budget (README "Reliability"), below the deploy's 128Mi.
+/// The server's documented memory budget (docs/reliability.md), below the deploy's 128Mi.
 const BUDGET_MIB: u64 = 124;
 /// Past this the watchdog kills the server: the test has failed, the machine is safe.
 const SAFETY_MIB: u64 = 512;
