@@ -159,6 +159,50 @@ fn status_reason(code: u16) -> &'static str {
     }
 }
 
+/// `policy` from the query string: absent means disabled; anything but exactly `enabled` or
+/// `disabled` (an empty or repeated value included) is a bad request. `path` is the policy of
+/// the `/mutate/enabled` and `/mutate/disabled` routes, which a query may not contradict.
+pub fn policy_from_query(
+    query: Option<&str>,
+    path: Option<Policy>,
+) -> Result<Policy, RequestError> {
+    let mut policy = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "policy" {
+            continue;
+        }
+        let Some(parsed) = Policy::from_name(value) else {
+            return Err(RequestError::BadRequest(format!(
+                "invalid policy {}: it takes \"enabled\" or \"disabled\"",
+                Quoted(value)
+            )));
+        };
+        if policy.replace(parsed).is_some() {
+            return Err(RequestError::BadRequest(
+                "policy is given more than once".into(),
+            ));
+        }
+    }
+    match (path, policy) {
+        (Some(p), Some(q)) if p != q => Err(RequestError::BadRequest(
+            "the policy in the query contradicts the one in the path".into(),
+        )),
+        (Some(p), _) | (None, Some(p)) => Ok(p),
+        (None, None) => Ok(Policy::Disabled),
+    }
+}
+
+/// The policy of a `/mutate/{policy}` route.
+pub fn path_policy_segment(segment: &str) -> Result<Policy, RequestError> {
+    Policy::from_name(segment).ok_or_else(|| {
+        RequestError::BadRequest(format!(
+            "invalid policy {} in the path: it takes /mutate/enabled or /mutate/disabled",
+            Quoted(segment)
+        ))
+    })
+}
+
 /// Reviews one AdmissionReview request body.
 pub fn review(body: &[u8], policy: Policy, config: &Config) -> Result<Answer, RequestError> {
     if body.len() > MAX_BODY_BYTES {
@@ -360,6 +404,37 @@ fn render(uid: &str, decision: &Decision) -> Vec<u8> {
 mod tests {
     use super::*;
     use serde_json::{json, Value};
+
+    #[test]
+    fn policy_query_values() {
+        assert_eq!(policy_from_query(None, None).unwrap(), Policy::Disabled);
+        assert_eq!(
+            policy_from_query(Some("policy=enabled"), None).unwrap(),
+            Policy::Enabled
+        );
+        assert_eq!(
+            policy_from_query(Some("timeout=10s&policy=disabled"), None).unwrap(),
+            Policy::Disabled
+        );
+        for q in [
+            "policy=",
+            "policy",
+            "policy=Enabled",
+            "policy=on",
+            "policy=enabled&policy=enabled",
+        ] {
+            assert!(policy_from_query(Some(q), None).is_err(), "{q}");
+        }
+        assert_eq!(
+            policy_from_query(None, Some(Policy::Enabled)).unwrap(),
+            Policy::Enabled
+        );
+        assert_eq!(
+            policy_from_query(Some("policy=enabled"), Some(Policy::Enabled)).unwrap(),
+            Policy::Enabled
+        );
+        assert!(policy_from_query(Some("policy=disabled"), Some(Policy::Enabled)).is_err());
+    }
 
     fn cfg() -> Config {
         Config::embedded().unwrap()

@@ -261,7 +261,7 @@ impl Shell {
         let loaded =
             crate::tls::load_pair(material.tls_crt.as_bytes(), material.tls_key.as_bytes())
                 .map_err(|e| e.to_string());
-        if crate::reload::apply_cert(loaded, &self.state, &self.store) {
+        if crate::certificate::apply_cert(loaded, &self.state, &self.store) {
             tracing::info!(serial = %material.serial, "tls-auto: serving the certificate from the Secret");
             memory.served = Some(material.clone());
         }

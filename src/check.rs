@@ -153,13 +153,13 @@ fn hook_policy(hook: &MutatingWebhook) -> Result<Policy, String> {
         Some("") => None,
         Some(rest) => match rest.strip_prefix('/') {
             Some(segment) => {
-                Some(crate::server::path_policy_segment(segment).map_err(|e| e.to_string())?)
+                Some(crate::admission::path_policy_segment(segment).map_err(|e| e.to_string())?)
             }
             None => return Err(format!("its path {path:?} is not one of the server's")),
         },
         None => return Err(format!("its path {path:?} is not one of the server's")),
     };
-    crate::server::policy_from_query(query, segment).map_err(|e| e.to_string())
+    crate::admission::policy_from_query(query, segment).map_err(|e| e.to_string())
 }
 
 /// The names in a pod's container lists.

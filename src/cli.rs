@@ -52,7 +52,14 @@ pub struct InputArgs {
     #[arg(short = 'f', long = "filename", value_name = "FILE")]
     pub file: Option<PathBuf>,
     /// `enabled` answers like `/mutate?policy=enabled` (inject unless the pod opts out).
-    #[arg(long, value_enum, default_value = "disabled")]
+    #[arg(
+        long,
+        default_value = "disabled",
+        value_parser = clap::builder::TypedValueParser::map(
+            clap::builder::PossibleValuesParser::new(Policy::NAMES),
+            |name: String| Policy::from_name(&name).unwrap_or_default(),
+        )
+    )]
     pub policy: Policy,
 }
 

@@ -41,13 +41,27 @@ fn level_warning(level: Level) -> String {
 }
 
 /// `policy` of `/mutate`: who is injected when a pod says nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Policy {
     /// Inject every pod unless it opts out (namespace opted in).
     Enabled,
     /// Inject only pods that opt in.
     #[default]
     Disabled,
+}
+
+impl Policy {
+    /// The names, as the query, the path and the CLI spell them.
+    pub const NAMES: [&'static str; 2] = ["enabled", "disabled"];
+
+    /// `enabled` or `disabled`, exactly.
+    pub fn from_name(name: &str) -> Option<Policy> {
+        match name {
+            "enabled" => Some(Policy::Enabled),
+            "disabled" => Some(Policy::Disabled),
+            _ => None,
+        }
+    }
 }
 
 /// Why a request got the answer it got: exactly one per answer (SPEC "Why (not) injected").

@@ -1,13 +1,16 @@
 //! sidecar-injector: a Kubernetes mutating admission webhook that injects sidecars.
 //!
 //! The pure core (`inject`, `podsecurity`, `admission`, `manifest`, `config`, `yaml`,
-//! `selection`, `workload`, `check::evaluate`, `rotation`) does no I/O; the server (`server`, `state`,
-//! `limits`, `logging`, `tls`, `reload`, `metrics`, `autotls`), the CLI (`cli`), `check::run`
-//! and `kubeapi` are thin shells around it.
+//! `selection`, `workload`, `excerpt`, `pod`) does no network I/O and uses only itself; the
+//! TLS material (`tls`, `certs`, `certificate`, the rotation plan `rotation`), the cluster
+//! shells (`check`, `autotls`, `kubeapi`), and the server (`server`, `state`, `limits`,
+//! `logging`, `reload`, `metrics`) and CLI (`cli`) sit above it. `tests/layers.rs` fails when
+//! the core uses a shell or a cluster shell reaches into the server.
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod autotls;
+pub mod certificate;
 pub mod certs;
 pub mod check;
 pub mod cli;

@@ -26,9 +26,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::admission::{review, review_workload, Answer, Outcome, RequestError, MAX_BODY_BYTES};
+use crate::admission::{
+    path_policy_segment, policy_from_query, review, review_workload, Answer, Outcome, RequestError,
+    MAX_BODY_BYTES,
+};
 use crate::config::Config;
-use crate::excerpt::{Escaped, Quoted};
+use crate::excerpt::Escaped;
 use crate::inject::Policy;
 use crate::limits::{
     BudgetedBody, DeadlineIo, Reservation, Tracked, Unsent, SMALL_REVIEW_BYTES, WORK_FACTOR,
@@ -172,56 +175,6 @@ impl IntoResponse for RequestError {
             format!("{self}\n"),
         )
             .into_response()
-    }
-}
-
-/// `policy` from the query string: absent means disabled; anything but exactly `enabled` or
-/// `disabled` (an empty or repeated value included) is a bad request. `path` is the policy of
-/// the `/mutate/enabled` and `/mutate/disabled` routes, which a query may not contradict.
-pub fn policy_from_query(
-    query: Option<&str>,
-    path: Option<Policy>,
-) -> Result<Policy, RequestError> {
-    let mut policy = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key != "policy" {
-            continue;
-        }
-        let parsed = match value {
-            "enabled" => Policy::Enabled,
-            "disabled" => Policy::Disabled,
-            _ => {
-                return Err(RequestError::BadRequest(format!(
-                    "invalid policy {}: it takes \"enabled\" or \"disabled\"",
-                    Quoted(value)
-                )))
-            }
-        };
-        if policy.replace(parsed).is_some() {
-            return Err(RequestError::BadRequest(
-                "policy is given more than once".into(),
-            ));
-        }
-    }
-    match (path, policy) {
-        (Some(p), Some(q)) if p != q => Err(RequestError::BadRequest(
-            "the policy in the query contradicts the one in the path".into(),
-        )),
-        (Some(p), _) | (None, Some(p)) => Ok(p),
-        (None, None) => Ok(Policy::Disabled),
-    }
-}
-
-/// The policy of a `/mutate/{policy}` route.
-pub fn path_policy_segment(segment: &str) -> Result<Policy, RequestError> {
-    match segment {
-        "enabled" => Ok(Policy::Enabled),
-        "disabled" => Ok(Policy::Disabled),
-        other => Err(RequestError::BadRequest(format!(
-            "invalid policy {} in the path: it takes /mutate/enabled or /mutate/disabled",
-            Quoted(other)
-        ))),
     }
 }
 
@@ -458,7 +411,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.is_ready(reload::unix_now()) {
+    if state.is_ready(crate::certificate::unix_now()) {
         "ok\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
@@ -608,7 +561,7 @@ fn load(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<Startu
         Metrics::new(),
         args.timing.request_timeout,
     ));
-    reload::note_certificate(&loaded, &state);
+    crate::certificate::note_certificate(&loaded, &state);
     let store = Arc::new(CertStore::new(loaded.key));
     let client_ca = match &args.tls.client_ca {
         None => None,
@@ -943,37 +896,6 @@ mod tests {
         assert!(guarded(|| Ok(1)).is_ok());
         let series = r#"sidecar_injector_admission_requests_total{outcome="error",reason="internal-error"} 0"#;
         assert!(Metrics::new().encode().contains(series), "{series}");
-    }
-
-    #[test]
-    fn policy_query_values() {
-        assert_eq!(policy_from_query(None, None).unwrap(), Policy::Disabled);
-        assert_eq!(
-            policy_from_query(Some("policy=enabled"), None).unwrap(),
-            Policy::Enabled
-        );
-        assert_eq!(
-            policy_from_query(Some("timeout=10s&policy=disabled"), None).unwrap(),
-            Policy::Disabled
-        );
-        for q in [
-            "policy=",
-            "policy",
-            "policy=Enabled",
-            "policy=on",
-            "policy=enabled&policy=enabled",
-        ] {
-            assert!(policy_from_query(Some(q), None).is_err(), "{q}");
-        }
-        assert_eq!(
-            policy_from_query(None, Some(Policy::Enabled)).unwrap(),
-            Policy::Enabled
-        );
-        assert_eq!(
-            policy_from_query(Some("policy=enabled"), Some(Policy::Enabled)).unwrap(),
-            Policy::Enabled
-        );
-        assert!(policy_from_query(Some("policy=disabled"), Some(Policy::Enabled)).is_err());
     }
 
     fn app() -> (Arc<AppState>, Router) {
