@@ -116,7 +116,10 @@ impl Metrics {
         let leader = Gauge::default();
         registry.register(
             "sidecar_injector_tls_auto_writes",
-            "--tls-auto: Secret writes by the leader, by step (generated, restored, ca-added, ca-switched, ca-dropped, renewed) and caBundle patches (bundle)",
+            format!(
+                "--tls-auto: Secret writes by the leader, by step ({}) and caBundle patches (bundle)",
+                crate::rotation::Change::ALL.map(|c| c.as_str()).join(", ")
+            ),
             rotations.clone(),
         );
         registry.register(
@@ -274,6 +277,20 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tls_auto_help_names_every_step() {
+        let metrics = Metrics::new();
+        metrics.tls_auto_wrote("bundle");
+        let text = metrics.encode();
+        let help = text
+            .lines()
+            .find(|l| l.starts_with("# HELP sidecar_injector_tls_auto_writes"))
+            .unwrap_or_else(|| panic!("{text}"));
+        for step in crate::rotation::Change::ALL {
+            assert!(help.contains(step.as_str()), "{help}");
+        }
+    }
 
     #[test]
     fn every_reason_and_outcome_series_exists_from_the_start() {

@@ -398,6 +398,16 @@ pub enum Change {
 }
 
 impl Change {
+    pub const ALL: [Change; 7] = [
+        Change::Restored,
+        Change::Generated,
+        Change::CaAdded,
+        Change::CaSwitched,
+        Change::CaDropped,
+        Change::Renewed,
+        Change::Reissued,
+    ];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
