@@ -132,7 +132,7 @@ def main():
     srv = subprocess.Popen(
         [args.bin, "serve", "--addr", f"{HOST}:0", "--metrics-addr", f"{HOST}:0", "--probe-addr", f"{HOST}:0",
          "--tls-cert", os.path.join(secret, "tls.crt"), "--tls-key", os.path.join(secret, "tls.key"),
-         "--config", config, "--reload-interval", "0.5"],
+         "--config", config, "--reload-interval", "500ms"],
         stderr=subprocess.PIPE, text=True)
     port = None
     for line in srv.stderr:

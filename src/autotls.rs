@@ -24,6 +24,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
+use crate::duration::duration;
 use crate::rotation::{plan, Material, Settings, Step, Unusable, View, SECRET_TYPE};
 use crate::state::AppState;
 use crate::tls::CertStore;
@@ -32,22 +33,6 @@ use crate::tls::CertStore;
 pub const FIELD_MANAGER: &str = "sidecar-injector-tls-auto";
 /// Lease annotations with which each replica reports the certificate it serves.
 const REPORT_PREFIX: &str = "serving.sidecar-injector.io/";
-
-/// A duration flag: a number with a unit, s, m, h or d (`90s`, `15m`, `730d`).
-pub fn duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(text.trim_end_matches(char::is_alphabetic).len());
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 12h or 730d"))?;
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return Err(format!("{text:?}: the unit is s, m, h or d")),
-    };
-    Ok(Duration::from_secs(n.saturating_mul(seconds)))
-}
 
 #[derive(Args, Debug, Clone)]
 pub struct AutoTlsArgs {
@@ -712,16 +697,6 @@ pub async fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_take_a_unit() {
-        assert_eq!(duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(duration("730d"), Ok(Duration::from_secs(730 * 86400)));
-        assert!(duration("90").is_err());
-        assert!(duration("1w").is_err());
-        assert!(duration("s").is_err());
-    }
 
     #[test]
     fn report_times_are_read_or_zero() {

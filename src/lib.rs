@@ -15,6 +15,7 @@ pub mod certs;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod duration;
 pub mod excerpt;
 pub mod inject;
 pub mod kubeapi;

@@ -31,6 +31,7 @@ use crate::admission::{
     MAX_BODY_BYTES,
 };
 use crate::config::Config;
+use crate::duration::duration;
 use crate::excerpt::Escaped;
 use crate::inject::Policy;
 use crate::limits::{
@@ -76,17 +77,6 @@ const OPENING_BYTES: usize = 24;
 /// At most one warning line per interval for refused TLS handshakes.
 const HANDSHAKE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-fn seconds(s: &str) -> Result<Duration, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if v.is_finite() && v > 0.0 && v < 86_400.0 {
-        Ok(Duration::from_secs_f64(v))
-    } else {
-        Err(format!("{s:?} must be between 0 and 86400 seconds"))
-    }
-}
-
 #[derive(Args, Debug, Clone)]
 pub struct TlsArgs {
     /// Serving certificate chain (PEM, leaf first); re-read when it changes.
@@ -113,13 +103,13 @@ pub struct TlsArgs {
 #[derive(Args, Debug, Clone)]
 pub struct TimingArgs {
     /// How often the certificate and config files are checked for changes.
-    #[arg(long, env = "SIDECAR_INJECTOR_RELOAD_INTERVAL", value_name = "SECONDS", default_value = "1", value_parser = seconds)]
+    #[arg(long, env = "SIDECAR_INJECTOR_RELOAD_INTERVAL", value_name = "DURATION", default_value = "1s", value_parser = duration)]
     pub reload_interval: Duration,
     /// Longest time a request body may take to arrive (answered 408 after it).
-    #[arg(long, env = "SIDECAR_INJECTOR_REQUEST_TIMEOUT", value_name = "SECONDS", default_value = "10", value_parser = seconds)]
+    #[arg(long, env = "SIDECAR_INJECTOR_REQUEST_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = duration)]
     pub request_timeout: Duration,
     /// After SIGTERM, how long in-flight requests may take before connections are closed.
-    #[arg(long, env = "SIDECAR_INJECTOR_SHUTDOWN_GRACE", value_name = "SECONDS", default_value = "20", value_parser = seconds)]
+    #[arg(long, env = "SIDECAR_INJECTOR_SHUTDOWN_GRACE", value_name = "DURATION", default_value = "20s", value_parser = duration)]
     pub shutdown_grace: Duration,
 }
 

@@ -654,7 +654,7 @@ fn certificate_rotation_with_an_overlapping_ca_bundle_fails_no_create() {
         "--tls-key".into(),
         secret.join("tls.key").display().to_string(),
         "--reload-interval".into(),
-        "0.2".into(),
+        "200ms".into(),
     ]);
     let set_bundle = |pem: &[u8]| {
         let ca = common::b64(pem);

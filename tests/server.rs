@@ -200,7 +200,7 @@ fn certificate_rotation_by_secret_symlink_swap_drops_nothing() {
         "--tls-key",
         &key,
         "--reload-interval",
-        "0.1",
+        "100ms",
     ]);
     let body = std::fs::read(fixture("reviews/replicaset-pod.json")).unwrap();
 
@@ -341,7 +341,7 @@ fn config_reload_takes_good_files_and_keeps_the_old_one_on_bad() {
         "--config".into(),
         cfg.display().to_string(),
         "--reload-interval".into(),
-        "0.1".into(),
+        "100ms".into(),
     ]);
     let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let c = client(&certs.path.join("ca.crt"), true);
@@ -439,7 +439,7 @@ fn mtls_refuses_clients_without_a_certificate_from_the_ca() {
         "--client-ca".into(),
         ca_file.display().to_string(),
         "--reload-interval".into(),
-        "0.1".into(),
+        "100ms".into(),
     ]);
     let server = Server::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let body = std::fs::read(fixture("reviews/replicaset-pod.json")).unwrap();
