@@ -29,12 +29,12 @@ pub const SMALL_REVIEW_BYTES: usize = 256 * 1024;
 /// a 72-byte struct, and a growing list briefly holds twice that).
 pub const WORK_FACTOR: usize = 12;
 
-/// Bytes of reviews in flight, in two pools per size class: bodies as they arrive, and the
-/// working memory (then the answer) of reviews whose body is complete.
+/// Bytes of reviews in flight, in two pools per size class: bodies (their declared length,
+/// or each growth of one without), and the working memory (then the answer) of reviews whose
+/// body is complete.
 ///
-/// Two pools, not one, so that nothing waits while holding what another waiter needs: a
-/// body's bytes are reserved only as they arrive (a slow client holds what it sent, not
-/// what it declared), and a complete body waits only for working memory, which is held
+/// Two pools, not one, so that nothing waits while holding what another waiter needs: a body
+/// is reserved in one step, and a complete body waits only for working memory, which is held
 /// only by reviews that are running and will give it back.
 pub struct Pools {
     pub body: Budget,
@@ -42,9 +42,9 @@ pub struct Pools {
 }
 
 impl Pools {
-    /// Small reviews: 32 bodies of the largest small size at once (a slow client's body
-    /// holds at most what it sent, and a pause of 2 s ends it), and working memory for ~140
-    /// realistic (6 KB) reviews, at least 3 of the largest small ones.
+    /// Small reviews: 48 bodies of the largest small size at once (slow clients declaring
+    /// 256 KiB hold 256 KiB each, and a pause of 2 s ends one), and working memory for ~110
+    /// realistic (6 KB) reviews, at least 2 of the largest small ones.
     pub fn small() -> Pools {
         Pools::new(SMALL_BODY_BYTES, SMALL_WORK_BYTES)
     }
@@ -63,8 +63,8 @@ impl Pools {
     }
 }
 
-const SMALL_BODY_BYTES: usize = 10 << 20;
-const SMALL_WORK_BYTES: usize = 10 << 20;
+const SMALL_BODY_BYTES: usize = 12 << 20;
+const SMALL_WORK_BYTES: usize = 8 << 20;
 const LARGE_BODY_BYTES: usize = MAX_BODY_BYTES;
 const LARGE_WORK_BYTES: usize = MAX_BODY_BYTES * WORK_FACTOR;
 

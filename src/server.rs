@@ -230,13 +230,22 @@ async fn read_and_review(
         Some(n) if n <= SMALL_REVIEW_BYTES as u64 => &state.small,
         _ => &state.large,
     };
-    // The body pool pays for the buffer's capacity as the bytes arrive, never for what a
-    // client only declared: a slow client holds what it sent. A body that arrives in one part
-    // (the everyday review) is used as it came, without a copy; otherwise one buffer grows by
-    // doubling, up to the declared length.
+    // The body pool pays for the buffer's capacity before it is allocated: a declared length
+    // at once (the apiserver always declares it), so that no body ever waits for more of the
+    // pool while holding part of it (bodies growing side by side could otherwise fill it and
+    // all wait until they time out); without one, each growth. The body's 12x working memory
+    // is reserved only once it is complete, from the other pool, so a slow client holds its
+    // body's size, not 13 times it. A body that arrives in one part (the everyday review) is
+    // used as it came, without a copy; otherwise one buffer grows by doubling, up to the
+    // declared length.
     let limit = declared.map_or(MAX_BODY_BYTES, |n| n as usize);
-    let mut paid = 0;
-    let mut body_reservation = Reservation::default();
+    let (mut paid, mut body_reservation) = match declared {
+        Some(n) => {
+            let held = pools.body.reserve(n as usize, deadline).await;
+            (n as usize, held.ok_or(RequestError::Busy)?)
+        }
+        None => (0, Reservation::default()),
+    };
     let mut first: Option<Bytes> = None;
     let mut joined: Vec<u8> = Vec::new();
     let mut body = body;
