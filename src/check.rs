@@ -435,11 +435,7 @@ pub fn evaluate(
             .join("; ");
     }
     // Our keys on a workload's own metadata, where no pod sees them: the likely cause.
-    let group = object.doc["apiVersion"]
-        .as_str()
-        .and_then(|v| v.split_once('/'))
-        .map_or("", |(group, _)| group);
-    for misplaced in crate::workload::misplaced_in_value(group, object.kind, object.doc) {
+    for misplaced in crate::workload::misplaced_in_manifest(object.kind, object.doc) {
         finding.message = format!("{}; {}", misplaced.hint(object.kind), finding.message);
     }
     finding

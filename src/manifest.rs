@@ -91,12 +91,7 @@ fn process(doc: &mut Value, policy: Policy, config: &Config, report: &mut Report
     };
     let who = label(doc, &kind);
     // Our keys on the workload's own metadata, where no pod sees them: said beside the result.
-    let group = doc
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .and_then(|v| v.split_once('/'))
-        .map_or("", |(group, _)| group);
-    let hints: Vec<String> = crate::workload::misplaced_in_value(group, &kind, doc)
+    let hints: Vec<String> = crate::workload::misplaced_in_manifest(&kind, doc)
         .iter()
         .map(|m| format!("{who}: hint: {}", m.hint(&kind)))
         .collect();

@@ -86,11 +86,18 @@ struct Meta {
 }
 
 impl Meta {
-    fn has(&self, key: &str) -> bool {
-        [&self.annotations, &self.labels]
-            .into_iter()
-            .flatten()
-            .any(|m| m.contains_key(key))
+    /// Where `key` sits: `annotations` (looked at first) or `labels`.
+    fn place_of(&self, key: &str) -> Option<&'static str> {
+        let has = |m: &Option<BTreeMap<String, IgnoredAny>>| {
+            m.as_ref().is_some_and(|m| m.contains_key(key))
+        };
+        if has(&self.annotations) {
+            Some("annotations")
+        } else if has(&self.labels) {
+            Some("labels")
+        } else {
+            None
+        }
     }
 }
 
@@ -141,8 +148,13 @@ pub fn misplaced_keys(group: &str, kind: &str, object: &str) -> Vec<Misplaced> {
     from_workload(&workload, path)
 }
 
-/// The same for a workload already decoded as JSON (the offline commands read YAML).
-pub fn misplaced_in_value(group: &str, kind: &str, object: &serde_json::Value) -> Vec<Misplaced> {
+/// The same for a manifest already decoded as JSON (`inject` reads YAML, `check` the API's
+/// objects), its group read from its own `apiVersion`.
+pub fn misplaced_in_manifest(kind: &str, object: &serde_json::Value) -> Vec<Misplaced> {
+    let group = object["apiVersion"]
+        .as_str()
+        .and_then(|v| v.split_once('/'))
+        .map_or("", |(group, _)| group);
     let Some(path) = template_path(group, kind) else {
         return Vec::new();
     };
@@ -159,18 +171,9 @@ fn from_workload(workload: &Workload, path: &str) -> Vec<Misplaced> {
     let template = workload.template_meta();
     POD_KEYS
         .into_iter()
-        .filter(|key| !template.is_some_and(|t| t.has(key)))
+        .filter(|key| template.is_none_or(|t| t.place_of(key).is_none()))
         .filter_map(|key| {
-            let in_map = |m: &Option<BTreeMap<String, IgnoredAny>>| {
-                m.as_ref().is_some_and(|m| m.contains_key(key))
-            };
-            let place = if in_map(&own.annotations) {
-                "annotations"
-            } else if in_map(&own.labels) {
-                "labels"
-            } else {
-                return None;
-            };
+            let place = own.place_of(key)?;
             Some(Misplaced {
                 key,
                 place,
