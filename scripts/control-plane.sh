@@ -15,8 +15,10 @@
 # After start, DIR/env (shell syntax) has KUBECONFIG, APISERVER_URL, BIN_DIR, EGRESS_ROUTES,
 # WEBHOOK_CLIENT_CA (the CA of the certificate the apiserver presents to webhooks),
 # CLUSTER_CA, NODE_NETNS (the node's network namespace: `ip netns exec $NODE_NETNS curl
-# http://POD_IP:8080` reaches a pod), CONTAINERD_ADDRESS and REGISTRY. Webhook calls to a Service go through DIR/egress.sock (see egress-proxy/main.go):
-# a line "CLUSTER_IP:PORT 127.0.0.1:PORT" in EGRESS_ROUTES sends them to a local server.
+# http://POD_IP:8080` reaches a pod), CONTAINERD_ADDRESS and REGISTRY. The apiserver's calls
+# to Services (webhooks) and to the kubelet go through DIR/egress.sock (control-plane/network):
+# to a Service's ready pods, as kube-proxy would send them, unless a line
+# "CLUSTER_IP:PORT 127.0.0.1:PORT" in EGRESS_ROUTES sends them to a server on the host.
 # The apiserver traces every request; its "Call mutating webhook" spans are appended to
 # WEBHOOK_SPANS (JSON lines, see kubernetes/span-sink/main.go).
 set -euo pipefail
@@ -78,7 +80,7 @@ build() {
         rm -rf "$out"
         mv "$tmp" "$out"
     fi
-    build_tool "$out" egress-proxy "$HERE/control-plane/egress-proxy"
+    build_tool "$out" network "$HERE/control-plane/network"
     build_tool "$out" span-sink "$HERE/control-plane/kubernetes/span-sink"
     echo "$out"
 }
@@ -236,7 +238,10 @@ endpoint: 127.0.0.1:$sink_port
 samplingRatePerMillion: 1000000
 EOF
 
-    run egress-proxy "$bin/egress-proxy" "$DIR/egress.sock" "$DIR/egress-routes"
+    run egress "$bin/network" egress "$DIR/egress.sock" "$DIR/egress-routes" "$DIR/node-dialer.sock" \
+        "$APISERVER_URL" "$DIR/pki/ca.crt" "$DIR/pki/admin.crt" "$DIR/pki/admin.key"
+    # The node's end of the way to the apiserver (control-plane/node.sh) connects here.
+    run apiserver-forward "$bin/network" forward "tcp:127.0.0.1:$api_port" "unix:$DIR/apiserver.sock"
     run span-sink "$bin/span-sink" "127.0.0.1:$sink_port" "$DIR/webhook-spans.jsonl" "Call mutating webhook"
     run etcd "$bin/etcd" --name e2e --data-dir "$DIR/etcd" \
         --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
@@ -317,7 +322,7 @@ stop() {
     # And whatever a test started on this control plane's files (webhook servers), even if
     # the test process died first.
     pkill -KILL -f -- "$DIR/" 2>/dev/null || true
-    rm -f "$DIR/pids" "$DIR/egress.sock"
+    rm -f "$DIR/pids" "$DIR"/*.sock
 }
 
 # load: an image the suite built (the webhook's) into the running node.

@@ -23,7 +23,8 @@ BUSYBOX_REF=docker.io/library/busybox:1.36
 NGINX_REF=docker.io/bitnami/nginx:latest
 PAUSE_REF=registry.k8s.io/pause:3.10
 RUNTIME_REF=localhost/sidecar-injector-test/runtime-base:1
-WEBHOOK_REF=docker.io/library/sidecar-injector:latest
+# The name and tag deploy/base/kustomization.yaml installs: the crate's version.
+WEBHOOK_REF=docker.io/library/sidecar-injector:$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -n 1)
 
 # copy_with_libs ROOTFS FILE...: each file and the shared libraries it loads, at their paths.
 copy_with_libs() {

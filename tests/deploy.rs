@@ -136,6 +136,25 @@ fn base_renders_and_validates_with_the_good_practices() {
     );
 }
 
+/// One image name: deploy/ installs what `make image` and the suite's images.sh build.
+#[test]
+fn deploy_installs_the_image_make_image_builds() {
+    let image = format!("sidecar-injector:{}", env!("CARGO_PKG_VERSION"));
+    let objects = kustomize(&root().join("deploy"));
+    let deployment = find(&objects, "Deployment")[0];
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        image.as_str()
+    );
+    let makefile = std::fs::read_to_string(root().join("Makefile")).unwrap();
+    assert!(
+        makefile
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["IMAGE", "?=", image.as_str()]),
+        "Makefile's IMAGE is not {image}"
+    );
+}
+
 #[test]
 fn webhook_configuration_selects_and_calls_as_documented() {
     let objects = kustomize(&root().join("deploy"));

@@ -20,18 +20,16 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::cluster::{wait_for, Cluster};
+use common::api::Api;
+use common::cluster::{wait_for, Cluster, INJECT, NS_LABEL, OFF_NODE, STATUS};
+use common::measure::{
+    bucket_quantile, quantile, timed_creates, unix_nanos, webhook_histogram, webhook_spans,
+};
 use common::root;
 use common::server::{log_field, Server};
 use serde_json::{json, Value};
-
-const NS_LABEL: &str = "sidecar-injector.io/injection";
-const INJECT: &str = "sidecar-injector.io/inject";
-const STATUS: &str = "sidecar-injector.io/status";
-/// The name of the webhook in deploy/ that selects labelled namespaces.
-const NS_WEBHOOK: &str = "namespace.sidecar-injector.io";
 
 fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
@@ -109,10 +107,6 @@ fn reviews_in(server: &Server, ns: &str) -> usize {
 fn reviews_in_now(ns: &str) -> usize {
     reviews_in(webhook().as_ref().unwrap(), ns)
 }
-
-/// The scheduler of pods that only exercise admission: none serves it, so they are stored and
-/// stay Pending, off the node (their spec never gains a nodeName while a test reads it).
-const OFF_NODE: &str = "sidecar-injector-e2e-admission-only";
 
 fn pod(ns: &str, name: &str, annotations: Value, labels: Value) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
@@ -909,90 +903,6 @@ fn cert_manager_crds() -> PathBuf {
     PathBuf::from(info["Dir"].as_str().expect("the module's directory")).join("deploy/crds")
 }
 
-/// The apiserver's histogram of its calls to our namespace-selected webhook (all its series,
-/// summed), as cumulative `(le, count)` buckets in ascending order.
-fn webhook_histogram(c: &Cluster) -> Vec<(f64, f64)> {
-    let series = "apiserver_admission_webhook_admission_duration_seconds_bucket{";
-    let mut buckets: Vec<(f64, f64)> = Vec::new();
-    for (le, n) in c
-        .ok(&["get", "--raw", "/metrics"])
-        .lines()
-        .filter(|l| {
-            l.starts_with(series)
-                && l.contains(&format!("name=\"{NS_WEBHOOK}\""))
-                && l.contains("type=\"admit\"")
-        })
-        .filter_map(|l| {
-            let le = l.split("le=\"").nth(1)?.split('"').next()?;
-            let le = if le == "+Inf" {
-                f64::INFINITY
-            } else {
-                le.parse().ok()?
-            };
-            Some((le, l.rsplit(' ').next()?.parse::<f64>().ok()?))
-        })
-    {
-        match buckets.iter_mut().find(|b| b.0 == le) {
-            Some(b) => b.1 += n,
-            None => buckets.push((le, n)),
-        }
-    }
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    buckets
-}
-
-/// The `q` quantile of some measurements (the nearest one at or above it).
-fn quantile(values: &[f64], q: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
-}
-
-/// The bucket bound at or below which `q` of a histogram's observations fall.
-fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
-    let total = buckets.last().map_or(0.0, |b| b.1);
-    buckets
-        .iter()
-        .find(|(_, n)| *n >= q * total)
-        .map_or(f64::INFINITY, |b| b.0)
-}
-
-/// One call to the webhook as the apiserver traced it.
-struct WebhookSpan {
-    /// The AdmissionReview's `request.uid`.
-    uid: String,
-    /// The apiserver's whole webhook step, µs.
-    step_us: f64,
-    /// The call alone, to the REST client's "Request completed" event, µs.
-    call_us: f64,
-}
-
-/// The apiserver's trace spans of its calls to our namespace-selected webhook that started
-/// between `from` and `to` (Unix nanoseconds), as the control plane's span sink wrote them.
-fn webhook_spans(c: &Cluster, from: u128, to: u128) -> Vec<WebhookSpan> {
-    let text = std::fs::read_to_string(&c.webhook_spans).unwrap_or_default();
-    text.lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("a span line"))
-        .filter(|s| s["attributes"]["webhook"] == NS_WEBHOOK)
-        .filter(|s| (from..=to).contains(&(s["start_ns"].as_u64().unwrap() as u128)))
-        .map(|s| {
-            let start = s["start_ns"].as_u64().unwrap();
-            let us = |t: u64| t.saturating_sub(start) as f64 / 1e3;
-            let completed = s["events"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["name"] == "Request completed")
-                .unwrap_or_else(|| panic!("a webhook span without its call's end: {s}"));
-            WebhookSpan {
-                uid: s["attributes"]["UID"].as_str().unwrap().to_string(),
-                step_us: us(s["end_ns"].as_u64().unwrap()),
-                call_us: us(completed["time_ns"].as_u64().unwrap()),
-            }
-        })
-        .collect()
-}
-
 /// `duration_us` of each review in the server's log, by uid.
 fn logged_durations(server: &Server) -> HashMap<String, f64> {
     review_lines(server)
@@ -1002,13 +912,6 @@ fn logged_durations(server: &Server) -> HashMap<String, f64> {
             Some((uid, log_field(l, "duration_us")?.parse().ok()?))
         })
         .collect()
-}
-
-fn unix_nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
 }
 
 #[test]
@@ -1022,63 +925,8 @@ fn latency_as_the_apiserver_sees_it() {
     c.namespace("latency-no-token", json!({NS_LABEL: "enabled"}));
     c.namespace("latency-plain", json!({}));
     c.namespace("latency-token-option", json!({NS_LABEL: "enabled"}));
-    let pem = |f: &str| std::fs::read(c.dir.join("pki").join(f)).unwrap();
-    let identity =
-        reqwest::Identity::from_pem(&[pem("admin.crt"), pem("admin.key")].concat()).unwrap();
-    let ca = reqwest::Certificate::from_pem(&pem("ca.crt")).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(ca)
-        .identity(identity)
-        .build()
-        .unwrap();
-    // A realistic pod (the benchmark's) in each namespace, created one after another.
-    let review: Value = serde_json::from_slice(
-        &std::fs::read(root().join("benches/fixtures/pod-create-realistic.json")).unwrap(),
-    )
-    .unwrap();
-    let realistic = review["request"]["object"].clone();
-    let mut annotations = realistic["metadata"]["annotations"].clone();
-    annotations.as_object_mut().unwrap().remove(INJECT);
-    // Each create's time, ms.
-    let create_all = |ns: &str, automount_token: bool| -> Vec<f64> {
-        rt.block_on(async {
-            let mut times = Vec::with_capacity(N);
-            for i in 0..N {
-                let mut p = realistic.clone();
-                p.as_object_mut().unwrap().remove("status");
-                // Its ServiceAccount does not exist here.
-                for k in ["serviceAccountName", "serviceAccount"] {
-                    p["spec"].as_object_mut().unwrap().remove(k);
-                }
-                p["metadata"] = json!({"name": format!("p{i}"), "namespace": ns,
-                    "labels": realistic["metadata"]["labels"], "annotations": annotations});
-                if !automount_token {
-                    p["spec"]["automountServiceAccountToken"] = json!(false);
-                }
-                p["spec"]["schedulerName"] = json!(OFF_NODE);
-                let url = format!("{}/api/v1/namespaces/{ns}/pods", c.apiserver);
-                let start = Instant::now();
-                let res = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(p.to_string())
-                    .send()
-                    .await
-                    .unwrap();
-                let status = res.status();
-                let body = res.text().await.unwrap();
-                assert!(status.is_success(), "create {ns}/p{i}: {status}: {body}");
-                times.push(start.elapsed().as_secs_f64() * 1e3);
-            }
-            times
-        })
-    };
+    let api = Api::new(c);
+    let create_all = |ns: &str, automount_token: bool| timed_creates(&api, ns, N, automount_token);
     let plain = create_all("latency-plain", true);
     let before = webhook_histogram(c);
     let from = unix_nanos();

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -16,12 +15,11 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::cluster::{wait_for, Cluster};
+use common::cluster::{wait_for, Cluster, INJECT};
 use common::root;
 use common::server::Server;
 use serde_json::{json, Value};
 
-const INJECT: &str = "sidecar-injector.io/inject";
 const PROFILES: &str = "sidecar-injector.io/profiles";
 const NATIVE: &str = "sidecar-injector.io/native-sidecar";
 const PSA_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
@@ -31,7 +29,6 @@ const HELLO: &str = "Hello from the side container";
 
 struct Node {
     c: Cluster,
-    netns: String,
     /// The local registry's access log: every pull the node attempted.
     registry_log: PathBuf,
     _webhook: Server,
@@ -43,12 +40,6 @@ fn node() -> MutexGuard<'static, Node> {
     static NODE: OnceLock<Mutex<Node>> = OnceLock::new();
     NODE.get_or_init(|| {
         let mut c = Cluster::from_env();
-        let env: HashMap<String, String> = std::fs::read_to_string(c.dir.join("env"))
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
         common::selfsigned_overlay(&c.release, &c.overlay);
         c.ok(&["apply", "-k", c.overlay.to_str().unwrap()]);
         c.service_ip = c.service_ip("sidecar-injector");
@@ -63,7 +54,6 @@ fn node() -> MutexGuard<'static, Node> {
         let webhook = Server::start_bin(&c.release, &args);
         c.route(&c.service_ip, &webhook.addr);
         Mutex::new(Node {
-            netns: env["NODE_NETNS"].clone(),
             registry_log: c.dir.join("node/registry.log"),
             c,
             _webhook: webhook,
@@ -95,42 +85,8 @@ impl Node {
             .ok(&["-n", ns, "apply", "-f", path.to_str().unwrap()]);
     }
 
-    fn wait(&self, ns: &str, what: &str, condition: &str) {
-        let out = self.c.kubectl(
-            &[
-                "-n",
-                ns,
-                "wait",
-                what,
-                &format!("--for=condition={condition}"),
-                "--timeout=90s",
-            ],
-            None,
-        );
-        assert!(
-            out.status.success(),
-            "{ns}/{what} never {condition}: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.c
-                .kubectl(&["-n", ns, "describe", what], None)
-                .stdout
-                .escape_ascii()
-        );
-    }
-
     fn pod(&self, ns: &str, name: &str) -> Value {
         self.c.get(ns, &format!("pod/{name}"))
-    }
-
-    /// An HTTP GET from inside the node's network namespace, where pod IPs are.
-    fn http_get(&self, url: &str) -> Option<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "curl", "-sf", "-m", "2", url])
-            .output()
-            .unwrap();
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn logs(&self, ns: &str, pod: &str, container: &str) -> String {
@@ -153,7 +109,7 @@ fn seed_example_1_nginx_serves_the_file_its_injected_sidecar_wrote() {
     let ns = "seed-volume";
     n.namespace(ns, json!({}));
     n.apply_file(ns, "tests/fixtures/seed/example-1-pod.yaml");
-    n.wait(ns, "pod/my-pod", "Ready");
+    n.c.wait(ns, "pod/my-pod", "Ready");
     let pod = n.pod(ns, "my-pod");
     assert_eq!(
         container(&pod, "containers", "hello-writer")["image"],
@@ -166,7 +122,7 @@ fn seed_example_1_nginx_serves_the_file_its_injected_sidecar_wrote() {
         &format!("{url} to answer {HELLO:?}"),
         Duration::from_secs(20),
         || {
-            last = n.http_get(&url);
+            last = n.c.node_http_get(&url);
             last.as_deref().is_some_and(|b| b.contains(HELLO))
         },
     );
@@ -279,7 +235,7 @@ fn attach_ps_and_hup(ns: &str, run_as_user: Option<i64>, psa: &str) {
         pod["spec"]["securityContext"] = json!({"runAsUser": uid});
     }
     n.c.apply_ok(&pod);
-    n.wait(ns, "pod/my-pod", "Ready");
+    n.c.wait(ns, "pod/my-pod", "Ready");
     let stored = n.pod(ns, "my-pod");
     let sidecar = container(&stored, "containers", "sidecar");
     assert_eq!(stored["spec"]["shareProcessNamespace"], true);
@@ -369,7 +325,7 @@ fn logging_profile_streams_the_apps_log_files() {
         "spec": {"containers": [{"name": "app", "image": "busybox:1.36",
             "command": ["sh", "-c",
                 "trap 'exit 0' TERM; i=0; while true; do i=$((i+1)); echo \"app line $i\" >> /pod-data/app.log; sleep 1 & wait $!; done"]}]}}));
-    n.wait(ns, "pod/writer", "Ready");
+    n.c.wait(ns, "pod/writer", "Ready");
     wait_for(
         "the app's lines in kubectl logs -c log-tailer",
         Duration::from_secs(20),
@@ -394,7 +350,7 @@ fn restricted_namespace_default_sidecar_passes_the_kubelets_non_root_check() {
                 "securityContext": {"allowPrivilegeEscalation": false,
                     "capabilities": {"drop": ["ALL"]}}}]}}));
     // Ready: both containers started, the sidecar past the kubelet's own runAsNonRoot check.
-    n.wait(ns, "pod/app", "Ready");
+    n.c.wait(ns, "pod/app", "Ready");
     let pod = n.pod(ns, "app");
     let statuses = pod["status"]["containerStatuses"].as_array().unwrap();
     assert_eq!(statuses.len(), 2, "{statuses:?}");
@@ -415,7 +371,7 @@ fn native_sidecar_starts_before_the_app_and_its_job_completes() {
             "metadata": {"annotations": {INJECT: "true", NATIVE: "true"}},
             "spec": {"restartPolicy": "Never", "containers": [{"name": "app", "image": "busybox:1.36",
                 "command": ["sh", "-c", "echo done > /pod-data/result"]}]}}}}));
-    n.wait(ns, "job/once", "Complete");
+    n.c.wait(ns, "job/once", "Complete");
     let pods = n.c.get(ns, "pods");
     let pod = &pods["items"][0];
     let sidecar = container(pod, "initContainers", "sidecar");
@@ -440,37 +396,6 @@ fn native_sidecar_starts_before_the_app_and_its_job_completes() {
         started("containerStatuses", "app"),
     );
     assert!(s <= a, "sidecar started {s}, app {a}");
-}
-
-#[test]
-fn the_webhooks_image_from_the_dockerfile_runs_as_a_pod() {
-    let n = node();
-    let ns = "webhook-image";
-    n.namespace(ns, json!({PSA_ENFORCE: "restricted"}));
-    n.c.apply_ok(&json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "dev", "namespace": ns},
-        "spec": {"securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [{"name": "server", "image": "sidecar-injector", "imagePullPolicy": "IfNotPresent",
-                "args": ["serve", "--dev"],
-                "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
-                    "capabilities": {"drop": ["ALL"]}}}]}}));
-    // No probe: the kubelet runs in the host's network namespace, where pod IPs are not.
-    n.wait(ns, "pod/dev", "Ready");
-    let ip = n.pod(ns, "dev")["status"]["podIP"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let mut metrics = None;
-    wait_for("the pod's /readyz", Duration::from_secs(20), || {
-        n.http_get(&format!("http://{ip}:9090/readyz")).is_some()
-    });
-    wait_for("the pod's metrics", Duration::from_secs(5), || {
-        metrics = n.http_get(&format!("http://{ip}:9090/metrics"));
-        metrics.is_some()
-    });
-    assert!(metrics
-        .unwrap_or_default()
-        .contains("sidecar_injector_admission_requests_total"));
 }
 
 #[test]

@@ -9,11 +9,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::cluster::{wait_for, Cluster};
+use common::creates::Creates;
 use common::server::{get_plain, Server};
 use serde_json::{json, Value};
 use sidecar_injector::rotation::{Material, Settings, SECRET_TYPE};
@@ -22,7 +22,6 @@ const NS: &str = "sidecar-injector";
 const SECRET: &str = "sidecar-injector-certs";
 const LEASE: &str = "sidecar-injector-certs";
 const CONFIGURATION: &str = "sidecar-injector";
-const INJECT: &str = "sidecar-injector.io/inject";
 const LOOP_NS: &str = "tls-auto";
 
 struct Auto {
@@ -172,80 +171,13 @@ fn settled(c: &Cluster) -> Option<Material> {
     (m.cas.len() == 1 && m.next.is_none() && b.iter().all(|x| *x == m.bundle())).then_some(m)
 }
 
-/// When a create finished, and its error if it failed.
-type Attempt = (Instant, Result<(), String>);
+/// Creates through the webhook in LOOP_NS until stopped, one every 50 ms.
+fn loop_creates(tag: &str) -> Creates {
+    Creates::start(&auto().c, LOOP_NS, tag, Duration::from_millis(50))
+}
 
 /// A way to break the Secret, by name.
 type Breakage<'a> = (&'a str, Box<dyn Fn() + 'a>);
-
-/// Pod creates through the webhook in a loop, until stopped: each opted-in pod must be
-/// created and injected.
-struct Creates {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<Attempt>>>,
-}
-
-impl Creates {
-    fn start(tag: &str) -> Creates {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let tag = tag.to_string();
-        let thread = std::thread::spawn(move || {
-            let c = &auto().c;
-            let mut results = Vec::new();
-            while !flag.load(Ordering::SeqCst) {
-                // A fresh name every time, whatever earlier runs left in the namespace.
-                let pod = json!({"apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"generateName": format!("{tag}-"), "namespace": LOOP_NS, "annotations": {INJECT: "true"}},
-                    "spec": {"schedulerName": "sidecar-injector-e2e-admission-only", "containers": [{"name": "app", "image": "nginx:1.27"}]}});
-                let out = c.kubectl(
-                    &["create", "-o", "json", "-f", "-"],
-                    Some(pod.to_string().as_bytes()),
-                );
-                let result = if !out.status.success() {
-                    Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-                } else {
-                    let stored: Value = serde_json::from_slice(&out.stdout).unwrap();
-                    if stored["metadata"]["annotations"]["sidecar-injector.io/status"].is_string() {
-                        Ok(())
-                    } else {
-                        Err(format!(
-                            "{} was created without the sidecar",
-                            stored["metadata"]["name"]
-                        ))
-                    }
-                };
-                results.push((Instant::now(), result));
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            results
-        });
-        Creates {
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    /// (creates, failures, the longest run of failures from its first to its last).
-    fn stop(mut self) -> (usize, Vec<String>, Duration) {
-        self.stop.store(true, Ordering::SeqCst);
-        let results = self.thread.take().unwrap().join().unwrap();
-        let mut longest = Duration::ZERO;
-        let mut run_start: Option<Instant> = None;
-        let mut failures = Vec::new();
-        for (at, r) in &results {
-            match r {
-                Ok(()) => run_start = None,
-                Err(e) => {
-                    failures.push(e.clone());
-                    let start = *run_start.get_or_insert(*at);
-                    longest = longest.max(*at - start);
-                }
-            }
-        }
-        (results.len(), failures, longest)
-    }
-}
 
 fn no_forbidden(servers: &[&Server]) {
     for s in servers {
@@ -316,9 +248,9 @@ fn a_bare_cluster_two_replicas_starting_together_make_one_ca() {
     );
     assert_eq!(generated, 1.0);
     // And the apiserver trusts it: pods are injected.
-    let creates = Creates::start("bare");
+    let creates = loop_creates("bare");
     std::thread::sleep(Duration::from_secs(2));
-    let (n, failures, _) = creates.stop();
+    let (n, failures, _) = creates.stop().summary();
     assert!(n > 5 && failures.is_empty(), "{failures:#?}");
     // With nothing to change, nothing is written: the configuration stays as it is.
     let rv = || {
@@ -496,7 +428,7 @@ fn a_lost_or_broken_secret_is_restored_without_an_outage() {
     ];
     let mut lines = Vec::new();
     for (what, break_it) in cases {
-        let creates = Creates::start(&format!("restore-{}", what.split(' ').next().unwrap()));
+        let creates = loop_creates(&format!("restore-{}", what.split(' ').next().unwrap()));
         std::thread::sleep(Duration::from_millis(500));
         let broken = Instant::now();
         break_it();
@@ -507,7 +439,7 @@ fn a_lost_or_broken_secret_is_restored_without_an_outage() {
         );
         let restored = broken.elapsed();
         std::thread::sleep(Duration::from_millis(500));
-        let (n, failures, window) = creates.stop();
+        let (n, failures, window) = creates.stop().summary();
         assert!(
             failures.is_empty(),
             "{what}: {} of {n} creates failed: {failures:#?}",
@@ -534,7 +466,7 @@ fn a_wiped_ca_bundle_is_restored_within_seconds() {
     let c = &a.c;
     let (r1, r2) = two_ready(a, &[]);
     let m = settled(c).unwrap();
-    let creates = Creates::start("wiped");
+    let creates = loop_creates("wiped");
     std::thread::sleep(Duration::from_millis(500));
     let wiped = Instant::now();
     c.ok(&["patch", "mutatingwebhookconfiguration", CONFIGURATION, "--type=json", "-p",
@@ -546,7 +478,7 @@ fn a_wiped_ca_bundle_is_restored_within_seconds() {
     );
     let restored = wiped.elapsed();
     std::thread::sleep(Duration::from_secs(1));
-    let (n, failures, window) = creates.stop();
+    let (n, failures, window) = creates.stop().summary();
     no_forbidden(&[&r1, &r2]);
     report(
         "caBundle wiped",
@@ -766,9 +698,9 @@ fn expired_material_at_start_is_replaced_before_ready() {
     let m = settled(c).expect("replaced and settled");
     assert_ne!(m.cas[0], expired.cas[0]);
     assert!(r1.log_has("has expired"), "{:?}", r1.log_lines());
-    let creates = Creates::start("expired");
+    let creates = loop_creates("expired");
     std::thread::sleep(Duration::from_secs(1));
-    let (n, failures, _) = creates.stop();
+    let (n, failures, _) = creates.stop().summary();
     assert!(failures.is_empty(), "{failures:#?} of {n}");
     no_forbidden(&[&r1]);
     report(
@@ -843,14 +775,14 @@ fn the_leader_killed_mid_rotation_the_next_completes_it() {
     route_to(a, &survivor);
     drop(leader);
     let killed = Instant::now();
-    let creates = Creates::start("takeover");
+    let creates = loop_creates("takeover");
     wait_for(
         "the survivor to finish the rotation",
         Duration::from_secs(30),
         || settled(c).is_some_and(|m| m.cas[0] != first.cas[0]),
     );
     let done = killed.elapsed();
-    let (n, failures, _) = creates.stop();
+    let (n, failures, _) = creates.stop().summary();
     let (holder_now, _) = lease(c);
     assert_ne!(holder_now, holder, "the Lease did not move");
     assert!(failures.is_empty(), "{failures:#?} of {n}");
@@ -863,7 +795,7 @@ fn three_ca_rotations_while_pods_are_created_fail_no_create() {
     let (_t, a) = scenario();
     let c = &a.c;
     let (r1, r2) = two_ready(a, &SHORT);
-    let creates = Creates::start("rotations");
+    let creates = loop_creates("rotations");
     let mut cas = vec![settled(c).unwrap().cas[0].clone()];
     let started = Instant::now();
     while cas.len() < 4 {
@@ -879,7 +811,7 @@ fn three_ca_rotations_while_pods_are_created_fail_no_create() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let (n, failures, _) = creates.stop();
+    let (n, failures, _) = creates.stop().summary();
     assert!(
         failures.is_empty(),
         "{} of {n} creates failed: {failures:#?}",

@@ -1,12 +1,18 @@
 # One kubelet node for the control plane (sourced by control-plane.sh): containerd, runc and
 # Debian's CNI plugins, a local registry, and the kubelet, set up as ../shared/NODE.md
 # measured on these machines. Nothing of it touches the host:
+#  - like a kind node, the kubelet, containerd, the registry and the pods share the node's own
+#    network namespace ($NODE_NETNS), which has no route out: the kubelet probes pods and
+#    proxies `kubectl exec` to containerd's streaming server there; the control plane on
+#    the host's 127.0.0.1 is reached, and reaches in, only through control-plane/network
+#    (a forwarder on the `kubernetes` Service's 10.96.0.1:443 and on the apiserver's own
+#    127.0.0.1 port, and a dialer for the apiserver's egress, each joined by a Unix socket);
 #  - containerd and the kubelet run in a private mount namespace (held by a `sleep`) where the
 #    host-wide sysctl files the kubelet writes are plain files, the fixed paths they use
 #    (/run/containerd, /var/lib/kubelet, ...) are tmpfs, and /etc/resolv.conf names no
 #    server: every volume, overlay and netns mount of the node lives and dies there;
-#  - pods get their network from the `bridge` plugin run inside the node's own network
-#    namespace ($NODE_NETNS): no bridge, veth, route or rule in the host's;
+#  - pods get their network from the `bridge` plugin in that namespace: no bridge, veth,
+#    route or rule in the host's;
 #  - every registry name is served by the registry on 127.0.0.1 (containerd's hosts
 #    config, a catch-all included) or fails to resolve locally: no pull leaves the machine;
 #  - pods' cgroups are under /$NODE_NAME in each hierarchy, removed at stop.
@@ -17,6 +23,10 @@ NODE_NAME=sidecar-injector-node
 NODE_NETNS=$NODE_NAME
 NODE_MARK=/run/$NODE_NAME
 POD_SUBNET=10.88.0.0/16
+# The node's InternalIP (the kubelet refuses a loopback one), on the namespace's lo.
+NODE_IP=10.87.0.1
+# The `kubernetes` Service's ClusterIP: the pods' way to the apiserver.
+KUBERNETES_SERVICE_IP=10.96.0.1
 # The files the kubelet writes host-wide values into (NODE.md, setting 3).
 NODE_SYSCTLS="vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops kernel/keys/root_maxkeys kernel/keys/root_maxbytes"
 # Fixed paths of containerd 1.6 (pods' netns files too), the kubelet and libcni, each a tmpfs
@@ -75,13 +85,17 @@ node_stop() {
     if [[ -f $NODE_MARK/dir && $(cat "$NODE_MARK/dir") == "$dir" ]]; then rm -rf "$NODE_MARK"; fi
 }
 
-# node_run NAME CMD...: started in its own session, in the node's mount namespace.
+# node_run NAME CMD...: started in its own session, in the node's mount and network namespaces.
 node_run() {
     local name=$1
     shift
-    setsid nsenter -t "$NODE_HOLDER" -m -- "$@" >"$NODE_DIR/$name.log" 2>&1 </dev/null &
+    setsid nsenter -t "$NODE_HOLDER" -m --net="/run/netns/$NODE_NETNS" -- "$@" \
+        >"$NODE_DIR/$name.log" 2>&1 </dev/null &
     echo "$!" >>"$NODE_DIR/pids"
 }
+
+# node_net CMD...: CMD in the node's network namespace only.
+node_net() { nsenter --net="/run/netns/$NODE_NETNS" -- "$@"; }
 
 # The namespace holder: covers what the node must not change on the host, then sleeps.
 node_namespace() {
@@ -117,7 +131,9 @@ node_network() {
     [[ -d /run/netns ]] || echo /run/netns >>"$NODE_DIR/created-dirs"
     mountpoint -q /run/netns 2>/dev/null || echo /run/netns >>"$NODE_DIR/created-mounts"
     ip netns add "$NODE_NETNS"
-    ip netns exec "$NODE_NETNS" ip link set lo up
+    node_net ip link set lo up
+    node_net ip addr add "$NODE_IP/32" dev lo
+    node_net ip addr add "$KUBERNETES_SERVICE_IP/32" dev lo
     mkdir -p "$NODE_DIR/cni/bin" "$NODE_DIR/cni/conf" "$NODE_DIR/cni/ipam"
     # The real bridge plugin, run inside the node's network namespace.
     printf '#!/bin/sh\nexec nsenter --net=%s /usr/lib/cni/bridge "$@"\n' "$NODE_DIR/node.netns" \
@@ -132,6 +148,14 @@ node_network() {
 EOF
 }
 
+# node_paths BIN: the two ways between the node's namespace and the host's (see the top).
+node_paths() {
+    node_run dialer "$1/network" dialer "$DIR/node-dialer.sock"
+    node_run apiserver-forward "$1/network" forward "unix:$DIR/apiserver.sock" \
+        "tcp:$KUBERNETES_SERVICE_IP:443" "tcp:${APISERVER_URL#https://}"
+    wait_for node/dialer 10 test -S "$DIR/node-dialer.sock"
+}
+
 node_registry() {
     NODE_REGISTRY=127.0.0.1:$(free_port)
     cat >"$NODE_DIR/registry.yml" <<EOF
@@ -140,9 +164,8 @@ log: {level: warn, accesslog: {disabled: false}}
 storage: {filesystem: {rootdirectory: $NODE_DIR/registry}, delete: {enabled: true}}
 http: {addr: $NODE_REGISTRY}
 EOF
-    setsid docker-registry serve "$NODE_DIR/registry.yml" >"$NODE_DIR/registry.log" 2>&1 </dev/null &
-    echo "$!" >>"$NODE_DIR/pids"
-    wait_for node/registry 30 curl -sf "http://$NODE_REGISTRY/v2/"
+    node_run registry docker-registry serve "$NODE_DIR/registry.yml"
+    wait_for node/registry 30 node_net curl -sf "http://$NODE_REGISTRY/v2/"
     # Every registry host, and any other (_default), is this registry; nothing falls back.
     local host
     for host in docker.io registry.k8s.io gcr.io quay.io ghcr.io _default; do
@@ -196,7 +219,8 @@ node_load() {
     local ctr=(ctr --address "$NODE_DIR/containerd.sock" -n k8s.io) path
     "${ctr[@]}" images import "$1" >/dev/null
     path=${2#*/}
-    "${ctr[@]}" images push --plain-http "$NODE_REGISTRY/$path" "$2" >/dev/null
+    # ctr pushes from its own process: the registry listens in the node's namespace.
+    node_net "${ctr[@]}" images push --plain-http "$NODE_REGISTRY/$path" "$2" >/dev/null
 }
 
 node_untainted() { # node_untainted BIN: the node carries no taint (not-ready is lifted)
@@ -240,9 +264,9 @@ imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}
 EOF
     # The apiserver reaches the kubelet (logs, exec, attach) by the node's name, localhost.
-    echo "localhost:$kport 127.0.0.1:$kport" >>"$DIR/egress-routes"
+    echo "localhost:$kport node:127.0.0.1:$kport" >>"$DIR/egress-routes"
     node_run kubelet "$bin/kubelet" --config "$NODE_DIR/kubelet.yaml" \
-        --kubeconfig "$NODE_DIR/kubelet.kubeconfig" --hostname-override localhost \
+        --kubeconfig "$NODE_DIR/kubelet.kubeconfig" --hostname-override localhost --node-ip "$NODE_IP" \
         --root-dir "$NODE_DIR/kubelet" --cert-dir "$NODE_DIR/kubelet/pki"
     wait_for node/kubelet 60 "$bin/kubectl" --kubeconfig "$DIR/kubeconfig" wait node/localhost \
         --for=condition=Ready --timeout=1s
@@ -265,6 +289,7 @@ node_start() {
     : >"$NODE_DIR/pids"
     node_network
     node_namespace
+    node_paths "$bin"
     node_registry
     node_containerd
     while read -r ref tar; do node_load "$images/$tar" "$ref"; done <"$images/refs"

@@ -11,6 +11,18 @@ use serde_json::{json, Value};
 
 use super::root;
 
+pub const NS_LABEL: &str = "sidecar-injector.io/injection";
+pub const INJECT: &str = "sidecar-injector.io/inject";
+pub const STATUS: &str = "sidecar-injector.io/status";
+/// The name of the webhook in deploy/ that selects labelled namespaces.
+pub const NS_WEBHOOK: &str = "namespace.sidecar-injector.io";
+/// The scheduler of pods that only exercise admission: none serves it, so they are stored and
+/// stay Pending, off the node (their spec never gains a nodeName while a test reads it).
+pub const OFF_NODE: &str = "sidecar-injector-e2e-admission-only";
+
+/// The webhook's image as scripts/images.sh tags it and deploy/ installs it.
+pub const WEBHOOK_IMAGE: &str = concat!("sidecar-injector:", env!("CARGO_PKG_VERSION"));
+
 pub struct Cluster {
     pub kubectl: PathBuf,
     pub kubeconfig: PathBuf,
@@ -26,6 +38,8 @@ pub struct Cluster {
     /// The ClusterIP of the webhook's Service, once the suite has applied it.
     pub service_ip: String,
     pub apiserver: String,
+    /// Every line of the control plane's env file (scripts/control-plane.sh lists them).
+    pub env: HashMap<String, String>,
 }
 
 impl Cluster {
@@ -62,6 +76,10 @@ impl Cluster {
             dir,
             release,
             service_ip: String::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -88,6 +106,42 @@ impl Cluster {
             "-o",
             "jsonpath={.spec.clusterIP}",
         ])
+    }
+
+    /// `kubectl wait --for=condition=CONDITION`, which must succeed within 90 s; the failure
+    /// shows what `kubectl describe` says.
+    pub fn wait(&self, ns: &str, what: &str, condition: &str) {
+        let out = self.kubectl(
+            &[
+                "-n",
+                ns,
+                "wait",
+                what,
+                &format!("--for=condition={condition}"),
+                "--timeout=90s",
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "{ns}/{what} never {condition}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.kubectl(&["-n", ns, "describe", what], None)
+                .stdout
+                .escape_ascii()
+        );
+    }
+
+    /// An HTTP GET from inside the node's network namespace, where pod IPs are.
+    pub fn node_http_get(&self, url: &str) -> Option<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.env["NODE_NETNS"]])
+            .args(["curl", "-sf", "-m", "2", url])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     pub fn kubectl(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {

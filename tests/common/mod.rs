@@ -2,7 +2,10 @@
 //! strict schema validator (both installed by `make test-deps`, which `make test` runs).
 #![allow(dead_code)]
 
+pub mod api;
 pub mod cluster;
+pub mod creates;
+pub mod measure;
 pub mod server;
 
 use std::path::{Path, PathBuf};
