@@ -4,7 +4,7 @@
 //! apiserver does (`selection`) and asks the engine through the same `review` as the server.
 //! `run` is the shell: it reads those with the kube client.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 
 use crate::admission::Outcome;
 use crate::config::Config;
-use crate::excerpt::Escaped;
+use crate::excerpt::{Escaped, Quoted};
 use crate::inject::{self, Marker, Policy, StatusNames, INJECT_KEY, STATUS_KEY};
 use crate::pod::PodView;
 use crate::selection::{select, Selection, Skip};
@@ -35,6 +35,8 @@ pub enum Verdict {
     WouldInject,
     /// A live pod without the sidecars that a CREATE now would inject: recreate it.
     MustRecreate,
+    /// A live pod whose sidecars came from another version of a profile than the config's.
+    Stale,
     /// A CREATE now would leave it unchanged.
     NotInjected,
     /// A CREATE now would be denied.
@@ -51,6 +53,7 @@ impl Verdict {
             Verdict::Injected => "injected",
             Verdict::WouldInject => "would-inject",
             Verdict::MustRecreate => "must-recreate",
+            Verdict::Stale => "stale",
             Verdict::NotInjected => "not-injected",
             Verdict::Denied => "denied",
         }
@@ -303,16 +306,26 @@ fn explain(
     }
 }
 
+/// What the status marker of an injected pod names.
+struct Injected {
+    profiles: Vec<String>,
+    containers: Vec<String>,
+    /// Profile name to the digest it was injected with (empty: injected before digests).
+    digests: BTreeMap<String, String>,
+}
+
 /// What the status marker of an injected pod names; none when it names a container the pod
 /// does not have (forged or left over: the webhook reviews such a pod as not injected).
-fn marker(pod: &Value) -> Option<(Vec<String>, Vec<String>)> {
+fn marker(pod: &Value) -> Option<Injected> {
     let text = pod["metadata"]["annotations"].get(STATUS_KEY)?.as_str()?;
-    let owned = |status: StatusNames| {
-        let profiles = status.profiles.iter().map(|p| p.to_string()).collect();
-        (
-            profiles,
-            status.all_containers().map(String::from).collect(),
-        )
+    let owned = |status: StatusNames| Injected {
+        profiles: status.profiles.iter().map(|p| p.to_string()).collect(),
+        containers: status.all_containers().map(String::from).collect(),
+        digests: status
+            .digests
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     };
     match PodView::from_value(pod) {
         Ok(view) => match inject::marker(&view) {
@@ -355,11 +368,28 @@ pub fn evaluate(
             return finding;
         }
     };
-    if let Some((profiles, containers)) = marker(&pod) {
+    if let Some(injected) = marker(&pod) {
         finding.result = Verdict::Injected;
         finding.reason = "already-injected".into();
-        finding.profiles = profiles;
-        finding.containers = containers;
+        if object.live && object.kind == "Pod" {
+            if injected.digests.is_empty() {
+                finding.message = "injected before profile digests were recorded: its version \
+                                   is unknown"
+                    .into();
+            } else if let Some(changes) = pod["metadata"]["annotations"][STATUS_KEY]
+                .as_str()
+                .and_then(|text| stale(&pod, &StatusNames::parse(text), config))
+            {
+                finding.result = Verdict::Stale;
+                finding.reason = "profile-changed".into();
+                finding.message = format!(
+                    "{changes}; `sidecar-injector rollout --stale` (or `kubectl rollout restart` \
+                     its workload) gives it the current sidecars"
+                );
+            }
+        }
+        finding.profiles = injected.profiles;
+        finding.containers = injected.containers;
         return finding;
     }
     let config_name = configuration.metadata.name.as_deref().unwrap_or_default();
@@ -439,6 +469,88 @@ pub fn evaluate(
         finding.message = format!("{}; {}", misplaced.hint(object.kind), finding.message);
     }
     finding
+}
+
+/// What differs between the profiles a pod was injected with (its `status`) and the config's
+/// same profiles, one clause per change; none when every digest is current.
+fn stale(pod: &Value, status: &StatusNames, config: &Config) -> Option<String> {
+    let mut changes = Vec::new();
+    for name in status.outdated(|p| config.profiles.get(p).map(|p| p.digest.as_str())) {
+        let Some(profile) = config.profiles.get(name) else {
+            changes.push(format!("profile {name}: no longer configured"));
+            continue;
+        };
+        let digest = status.digests.get(name).map_or("", |d| d.as_ref());
+        let before = changes.len();
+        for wanted in &profile.configured {
+            let cname = wanted["name"].as_str().unwrap_or_default();
+            match pod_container(pod, cname) {
+                None => changes.push(format!("{name}/{cname}: added to the profile")),
+                Some(have) => changes.extend(
+                    container_changes(have, wanted)
+                        .into_iter()
+                        .map(|c| format!("{name}/{cname}: {c}")),
+                ),
+            }
+        }
+        if changes.len() == before {
+            changes.push(format!(
+                "profile {name}: digest {digest} -> {} (its volumes, app mounts or container order changed)",
+                profile.digest
+            ));
+        }
+    }
+    (!changes.is_empty()).then(|| changes.join("; "))
+}
+
+/// A container of the pod by name, in containers or initContainers (a native sidecar).
+fn pod_container<'p>(pod: &'p Value, name: &str) -> Option<&'p Value> {
+    ["containers", "initContainers"]
+        .iter()
+        .filter_map(|list| pod["spec"][list].as_array())
+        .flatten()
+        .find(|c| c["name"] == name)
+}
+
+/// How a running sidecar differs from the configured one, in the fields an operator changes
+/// (image, command, args, resources, env, mounts); what the injector adds per pod (the token
+/// mount, process-sharing settings) is not a difference.
+fn container_changes(have: &Value, wanted: &Value) -> Vec<String> {
+    let mut changes = Vec::new();
+    let show = |v: &Value| match v {
+        Value::Null => "none".to_string(),
+        Value::String(s) => Quoted(s).to_string(),
+        other => Quoted(&other.to_string()).to_string(),
+    };
+    for field in ["image", "command", "args", "resources", "env"] {
+        if have[field] != wanted[field] {
+            changes.push(match field {
+                "image" => format!("image {} -> {}", show(&have[field]), show(&wanted[field])),
+                _ => format!("{field} changed"),
+            });
+        }
+    }
+    let paths = |c: &Value| -> BTreeSet<String> {
+        c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["mountPath"].as_str().map(String::from))
+            .collect()
+    };
+    let (had, want) = (paths(have), paths(wanted));
+    let missing: Vec<&String> = want.difference(&had).collect();
+    if !missing.is_empty() {
+        changes.push(format!(
+            "mounts {} added",
+            missing
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    changes
 }
 
 /// `Skip::stage` of a webhook whose rules do not cover pod creates.
@@ -555,6 +667,9 @@ pub struct CheckArgs {
     /// The namespace (default: the kubeconfig context's).
     #[arg(short = 'n', long)]
     pub namespace: Option<String>,
+    /// Every pod and workload of every namespace (e.g. to find `stale` pods for an upgrade).
+    #[arg(short = 'A', long, conflicts_with_all = ["namespace", "file"])]
+    pub all_namespaces: bool,
     /// The kubeconfig context to use (default: the current one).
     #[arg(long)]
     pub context: Option<String>,
@@ -656,7 +771,11 @@ fn api_message(e: kube::Error) -> String {
 }
 
 fn in_namespace(ns: &str) -> String {
-    format!(" in namespace {ns}")
+    if ns.is_empty() {
+        " in all namespaces".into()
+    } else {
+        format!(" in namespace {ns}")
+    }
 }
 
 /// The injection config the server uses: `--config` if given, else the deployed ConfigMap,
@@ -722,8 +841,12 @@ async fn live_objects(
         "" => ar.plural.clone(),
         group => format!("{}.{group}", ar.plural),
     };
-    let api: kube::Api<kube::api::DynamicObject> =
-        kube::Api::namespaced_with(client.clone(), namespace, &ar);
+    // An empty namespace: every namespace (`check -A`).
+    let api: kube::Api<kube::api::DynamicObject> = if namespace.is_empty() {
+        kube::Api::all_with(client.clone(), &ar)
+    } else {
+        kube::Api::namespaced_with(client.clone(), namespace, &ar)
+    };
     let items = match name {
         Some(name) => match api.get_opt(name).await {
             Ok(Some(o)) => vec![o],
@@ -764,7 +887,13 @@ async fn live_objects(
     Ok(items
         .into_iter()
         .filter_map(|o| serde_json::to_value(o).ok())
-        .map(|doc| (namespace.to_string(), kind, doc, true))
+        .map(|doc| {
+            let ns = doc["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or(namespace)
+                .to_string();
+            (ns, kind, doc, true)
+        })
         .collect())
 }
 
@@ -828,7 +957,14 @@ async fn gather(
     let mut objects = Vec::new();
     let whole = |ns: String| NAMESPACE_KINDS.map(|k| (ns.clone(), k.to_string(), None));
     let mut wanted: Vec<(String, String, Option<String>)> = Vec::new();
-    if args.targets.is_empty() {
+    if args.all_namespaces {
+        if !args.targets.is_empty() {
+            return Err(CheckError::Usage(
+                "-A checks every pod and workload: it takes no KIND/NAME".into(),
+            ));
+        }
+        wanted.extend(whole(String::new()));
+    } else if args.targets.is_empty() {
         wanted.extend(whole(default_ns.into()));
     }
     for target in &args.targets {
@@ -952,6 +1088,79 @@ mod tests {
 
     const POD_HOOK: Option<&str> = Some("sidecar-injector/pod.sidecar-injector.io");
     const NS_HOOK: Option<&str> = Some("sidecar-injector/namespace.sidecar-injector.io");
+
+    #[test]
+    fn a_live_pod_injected_with_another_version_of_a_profile_is_stale() {
+        // Injected now, by the engine, with the embedded config.
+        let config = Config::embedded().unwrap();
+        let mut live = pod(json!({INJECT_KEY: "true"}));
+        let view = PodView::from_value(&live).unwrap();
+        let crate::inject::Decision::Inject { injection, .. } =
+            inject::decide(&view, Policy::Disabled, &config)
+        else {
+            panic!("not injected")
+        };
+        let patch: json_patch::Patch = serde_json::from_str(&injection.patch_json()).unwrap();
+        json_patch::patch(&mut live, &patch).unwrap();
+        let plain = ns("demo", &[]);
+        let f = check(&plain, "Pod", &live, true);
+        assert_eq!(verdict(&f), (Verdict::Injected, "already-injected", None));
+        assert_eq!(f.message, "");
+
+        // The profile's image changed since.
+        let yaml = crate::config::DEFAULT_CONFIG_YAML.replace("busybox:1.36", "busybox:1.37");
+        let newer = Config::from_yaml(&yaml, "newer").unwrap();
+        let f = evaluate(
+            &deployed(),
+            &plain,
+            &Object {
+                kind: "Pod",
+                doc: &live,
+                live: true,
+            },
+            &newer,
+        );
+        assert_eq!(verdict(&f), (Verdict::Stale, "profile-changed", None));
+        assert!(!f.result.ok());
+        assert!(
+            f.message
+                .starts_with(r#"default/sidecar: image "busybox:1.36" -> "busybox:1.37"; "#),
+            "{}",
+            f.message
+        );
+        // A manifest is not running anything: only live pods are stale.
+        let f = evaluate(
+            &deployed(),
+            &plain,
+            &Object {
+                kind: "Pod",
+                doc: &live,
+                live: false,
+            },
+            &newer,
+        );
+        assert_eq!(f.result, Verdict::Injected);
+
+        // A pod injected before digests were recorded: version unknown, never an error.
+        let mut old = live.clone();
+        let mut status: Value =
+            serde_json::from_str(old["metadata"]["annotations"][STATUS_KEY].as_str().unwrap())
+                .unwrap();
+        status.as_object_mut().unwrap().remove("digests");
+        old["metadata"]["annotations"][STATUS_KEY] = json!(status.to_string());
+        let f = evaluate(
+            &deployed(),
+            &plain,
+            &Object {
+                kind: "Pod",
+                doc: &old,
+                live: true,
+            },
+            &newer,
+        );
+        assert_eq!(verdict(&f), (Verdict::Injected, "already-injected", None));
+        assert!(f.message.contains("unknown"), "{}", f.message);
+    }
 
     #[test]
     fn every_reason_the_deployed_configuration_gives() {

@@ -44,6 +44,9 @@ pub enum Command {
     /// Ask the cluster whether pods and workloads are (or would be) injected, and why.
     /// Exit 0: all are; 1: some are not; 2: the cluster could not be asked.
     Check(crate::check::CheckArgs),
+    /// Restart the workloads whose pods run stale sidecars (`--stale`), one at a time, each
+    /// until available. Exit 0: done; 1: a workload did not become available; 2: an error.
+    Rollout(crate::rollout::RolloutArgs),
 }
 
 #[derive(Args, Debug)]
@@ -179,6 +182,13 @@ fn check(args: &crate::check::CheckArgs, config: Option<&Path>) -> anyhow::Resul
     Ok(findings.iter().all(|f| f.result.ok()))
 }
 
+fn rollout(args: &crate::rollout::RolloutArgs) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    Ok(runtime.block_on(crate::rollout::run(args))?)
+}
+
 fn run(cli: Cli) -> anyhow::Result<bool> {
     let config = || {
         let config = Config::load(cli.config.as_deref())?;
@@ -192,15 +202,17 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Inject(args) => inject(&config()?, args),
         Command::Certs(args) => certs(args),
         Command::Check(args) => check(args, cli.config.as_deref()),
+        Command::Rollout(args) => rollout(args),
         Command::Serve(args) => crate::server::serve(args, cli.config.clone()).map(|()| true),
     }
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `check` keeps 1 for "not injected", so it cannot also mean "could not ask".
+    // `check` keeps 1 for "not injected" (`rollout` for "not available"), so it cannot also
+    // mean "could not ask".
     let error_code = match cli.command {
-        Command::Check(_) => 2,
+        Command::Check(_) | Command::Rollout(_) => 2,
         _ => 1,
     };
     match run(cli) {

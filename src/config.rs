@@ -144,6 +144,25 @@ pub struct Profile {
     pub containers: Vec<Sidecar>,
     pub init_containers: Vec<Named>,
     pub app_volume_mounts: Vec<AppMount>,
+    /// A short digest of the profile as configured (SPEC, status row): the same for every
+    /// pod it goes into, so a pod whose status records another one runs an older version.
+    pub digest: String,
+    /// Its containers and init containers as configured, for saying what changed.
+    pub configured: Vec<Value>,
+}
+
+/// Hex characters of SHA-256 kept in a digest: 48 bits tell versions of one profile apart.
+const DIGEST_LEN: usize = 12;
+
+/// The digest of a profile's definition (its objects in their canonical JSON, in order).
+fn digest(definition: &Value) -> String {
+    let bytes = ring::digest::digest(&ring::digest::SHA256, definition.to_string().as_bytes());
+    bytes
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()[..DIGEST_LEN]
+        .to_string()
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -394,6 +413,9 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
         }
         let mut containers = Vec::new();
         let mut init_containers = Vec::new();
+        let mut configured = Vec::new();
+        // Each container under the list it is in: moving one to initContainers is a change.
+        let mut listed = Vec::new();
         for (field, list) in [
             ("containers", &p.containers),
             ("initContainers", &p.init_containers),
@@ -418,6 +440,8 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
                 }
                 let json = to_json(&at(field), c)?;
                 check_unique("container", &c.name, &pname, &json)?;
+                configured.push(json.clone());
+                listed.push(serde_json::json!({ field: &json }));
                 let name = c.name.clone();
                 let (level, why) = container_level(&json);
                 if level > Level::Restricted {
@@ -457,6 +481,11 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
                 json,
             });
         }
+        let definition = serde_json::json!({
+            "volumes": volumes.iter().map(|v| &v.text).collect::<Vec<_>>(),
+            "containers": listed,
+            "appVolumeMounts": app_volume_mounts.iter().map(|m| &m.json).collect::<Vec<_>>(),
+        });
         profiles.insert(
             pname,
             Profile {
@@ -464,6 +493,8 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
                 containers,
                 init_containers,
                 app_volume_mounts,
+                digest: digest(&definition),
+                configured,
             },
         );
     }

@@ -2,6 +2,7 @@
 //! leave the pod unchanged or deny it, and build the minimal JSON patch. Pure: no I/O.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -338,6 +339,7 @@ struct Status<'a> {
     containers: Vec<&'a str>,
     init_containers: Vec<&'a str>,
     volumes: Vec<&'a str>,
+    digests: &'a BTreeMap<&'a str, &'a str>,
 }
 
 fn to_json_text<T: Serialize>(value: &T) -> String {
@@ -378,11 +380,26 @@ pub struct StatusNames<'a> {
     pub containers: Vec<Cow<'a, str>>,
     #[serde(default, borrow)]
     pub init_containers: Vec<Cow<'a, str>>,
+    /// Profile name to the digest it had when injected; empty for pods injected before
+    /// digests were recorded ("unknown version").
+    #[serde(default, borrow)]
+    pub digests: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
 }
 
 impl<'a> StatusNames<'a> {
     pub fn parse(status: &'a str) -> StatusNames<'a> {
         serde_json::from_str(status).unwrap_or_default()
+    }
+
+    /// The profiles it records another digest for than `current` gives (none there: no
+    /// longer configured); none when it records no digests (injected before they were: an
+    /// unknown version is not a stale one).
+    pub fn outdated<'c>(&self, current: impl Fn(&str) -> Option<&'c str>) -> Vec<&str> {
+        self.digests
+            .iter()
+            .filter(|(profile, digest)| current(profile) != Some(digest.as_ref()))
+            .map(|(profile, _)| profile.as_ref())
+            .collect()
     }
 
     /// The containers and init containers it names.
@@ -546,6 +563,8 @@ fn read_options<'a>(
 /// What the selected profiles add, in list order, each name (and app mount path) once: the
 /// objects borrow from the config (`'c`), a mount path may come from the pod (`'a`).
 struct Additions<'c, 'a> {
+    /// Each selected profile's name and digest, for the status annotation.
+    digests: BTreeMap<&'a str, &'c str>,
     volumes: Vec<&'c Named>,
     init_containers: Vec<&'c Named>,
     sidecars: Vec<&'c Sidecar>,
@@ -559,9 +578,13 @@ fn select_profiles<'c: 'a, 'a>(
     config: &'c Config,
 ) -> Result<Additions<'c, 'a>, Denial> {
     let mut selected = Vec::with_capacity(options.profiles.len());
+    let mut digests = BTreeMap::new();
     for name in &options.profiles {
         match config.profiles.get(*name) {
-            Some(p) => selected.push(p),
+            Some(p) => {
+                digests.insert(*name, p.digest.as_str());
+                selected.push(p);
+            }
             None => {
                 return Err((
                     Reason::UnknownProfile,
@@ -576,6 +599,7 @@ fn select_profiles<'c: 'a, 'a>(
         }
     }
     let mut add = Additions {
+        digests,
         volumes: Vec::new(),
         init_containers: Vec::new(),
         sidecars: Vec::new(),
@@ -893,6 +917,7 @@ fn build_patch<'c>(
             .chain(sidecar_names().filter(|_| native))
             .collect(),
         volumes: names(&add.volumes),
+        digests: &add.digests,
     });
     let status = to_json_text(&status);
     let key = to_json_text(&STATUS_KEY);
@@ -1026,6 +1051,41 @@ mod tests {
             decide_json(&opted_in(json!({})), Policy::Disabled).reason(),
             Reason::OptedIn
         );
+    }
+
+    fn status_of(pod: &Value) -> Value {
+        serde_json::from_str(pod["metadata"]["annotations"][STATUS_KEY].as_str().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_status_records_each_profiles_digest_the_same_for_every_pod() {
+        let digest = &config().profiles["default"].digest;
+        let plain = status_of(&injected(&opted_in(json!({})), Policy::Disabled));
+        assert_eq!(plain["digests"], json!({"default": digest}));
+        // Per-pod rendering (mount path, process sharing as the app's uid) is not a version.
+        let mut rendered = opted_in(json!({APP_MOUNT_PATH_KEY: "/app", SHARE_PROCESS_KEY: "true"}));
+        rendered["spec"]["securityContext"] = json!({"runAsUser": 1001});
+        assert_eq!(
+            status_of(&injected(&rendered, Policy::Disabled))["digests"],
+            plain["digests"]
+        );
+        // A profile with another image is another version.
+        let yaml = crate::config::DEFAULT_CONFIG_YAML.replace("busybox:1.36", "busybox:1.37");
+        let newer = Config::from_yaml(&yaml, "newer").unwrap();
+        let other = &newer.profiles["default"].digest;
+        assert_ne!(other, digest);
+        assert_eq!(
+            status_of(&injected_with(
+                &opted_in(json!({})),
+                Policy::Disabled,
+                &newer
+            ))["digests"],
+            json!({"default": other})
+        );
+        // And a status without digests reads as none recorded.
+        assert!(StatusNames::parse(r#"{"profiles":["default"]}"#)
+            .digests
+            .is_empty());
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod pod;
 pub mod podsecurity;
 pub mod reload;
+pub mod rollout;
 pub mod rotation;
 pub mod selection;
 pub mod server;

@@ -37,6 +37,15 @@ struct TargetLabels {
     target: &'static str,
 }
 
+/// The info metric of the profiles served, by name and digest (`rollout --stale` reads it).
+pub const PROFILE_INFO: &str = "sidecar_injector_config_profile_info";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProfileLabels {
+    profile: String,
+    digest: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
     kind: &'static str,
@@ -72,6 +81,7 @@ pub struct Metrics {
     rotations: Family<StepLabels, Counter>,
     api_failures: Family<TargetLabels, Counter>,
     leader: Gauge,
+    profiles: Family<ProfileLabels, Gauge>,
 }
 
 /// The outcomes each reason can come with, so every series exists from the start:
@@ -114,6 +124,13 @@ impl Metrics {
         let rotations = Family::<StepLabels, Counter>::default();
         let api_failures = Family::<TargetLabels, Counter>::default();
         let leader = Gauge::default();
+        let profiles = Family::<ProfileLabels, Gauge>::default();
+        registry.register(
+            PROFILE_INFO,
+            "1 for each profile of the config this replica serves, with its digest (the one a pod \
+             injected now records in its status annotation)",
+            profiles.clone(),
+        );
         registry.register(
             "sidecar_injector_tls_auto_writes",
             format!(
@@ -209,6 +226,20 @@ impl Metrics {
             rotations,
             api_failures,
             leader,
+            profiles,
+        }
+    }
+
+    /// The profiles of the config now served: exactly these series, each 1.
+    pub fn serving_profiles(&self, config: &crate::config::Config) {
+        self.profiles.clear();
+        for (profile, p) in &config.profiles {
+            self.profiles
+                .get_or_create(&ProfileLabels {
+                    profile: profile.clone(),
+                    digest: p.digest.clone(),
+                })
+                .set(1);
         }
     }
 

@@ -68,8 +68,15 @@ pub struct Sources {
     pub config: Option<(PathBuf, Vec<u8>)>,
 }
 
-/// Logs what a config that loads still wants the operator to see. At start and every reload.
-pub fn log_config_warnings(config: &Config, origin: &str) {
+/// Logs the digest of each profile served (what `rollout --stale` compares pods against)
+/// and what a config that loads still wants the operator to see. At start and every reload.
+pub fn log_config(config: &Config, origin: &str) {
+    let digests: Vec<String> = config
+        .profiles
+        .iter()
+        .map(|(name, p)| format!("{name}={}", p.digest))
+        .collect();
+    tracing::info!(path = origin, profiles = %digests.join(","), "config: serving profiles");
     for warning in &config.warnings {
         tracing::warn!(path = origin, %warning, "config");
     }
@@ -121,7 +128,7 @@ fn apply_config(contents: Result<Vec<Vec<u8>>, String>, origin: &str, state: &Ap
         contents.and_then(|c| Config::from_bytes(&c.concat(), origin).map_err(|e| e.to_string()));
     match loaded {
         Ok(config) => {
-            log_config_warnings(&config, origin);
+            log_config(&config, origin);
             state.set_config(config);
             state.metrics.reloaded(ReloadKind::Config, true);
             tracing::info!(path = origin, "config reloaded");

@@ -528,7 +528,7 @@ fn load(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<Startu
         (Some(origin), Some(bytes)) => Config::from_bytes(bytes, origin)?,
         _ => Config::embedded()?,
     };
-    reload::log_config_warnings(
+    reload::log_config(
         &config,
         origin.as_deref().unwrap_or("<embedded default config>"),
     );

@@ -30,6 +30,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config, metrics: Metrics, body_timeout: Duration) -> AppState {
+        metrics.serving_profiles(&config);
         AppState {
             config: RwLock::new(Arc::new(config)),
             metrics,
@@ -50,6 +51,7 @@ impl AppState {
     }
 
     pub fn set_config(&self, config: Config) {
+        self.metrics.serving_profiles(&config);
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
     }
 

@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::api::Api;
-use common::cluster::{wait_for, Cluster, NS_LABEL, WEBHOOK_IMAGE};
+use common::cluster::{wait_for, Cluster, NS_LABEL, STATUS, WEBHOOK_IMAGE};
 use common::creates::Creates;
 use common::measure::{quantile, timed_creates, unix_nanos, webhook_histogram, webhook_spans};
 use common::root;
@@ -292,15 +292,13 @@ fn kill_9_of_a_replica_fails_creates_only_until_its_endpoint_is_removed() {
     );
 }
 
-/// Sets deploy/'s `mountServiceAccountToken` in the ConfigMap and restarts the replicas on it.
-fn mount_token(c: &Cluster, on: bool) {
+/// Replaces `from` with `to` in deploy/'s config (the ConfigMap) and restarts the replicas
+/// on it.
+fn edit_config(c: &Cluster, from: &str, to: &str) {
     let mut cm = c.get(NS, "configmap/sidecar-injector-config");
     let config = cm["data"]["config.yaml"].as_str().unwrap().to_string();
-    let (from, to) = (
-        format!("mountServiceAccountToken: {}", !on),
-        format!("mountServiceAccountToken: {on}"),
-    );
-    cm["data"]["config.yaml"] = json!(config.replace(&from, &to));
+    assert!(config.contains(from), "{from:?} is not in the config");
+    cm["data"]["config.yaml"] = json!(config.replace(from, to));
     let out = c.kubectl(&["replace", "-f", "-"], Some(cm.to_string().as_bytes()));
     assert!(
         out.status.success(),
@@ -309,6 +307,15 @@ fn mount_token(c: &Cluster, on: bool) {
     );
     c.ok(&["-n", NS, "rollout", "restart", DEPLOYMENT]);
     settled(c);
+}
+
+/// Sets deploy/'s `mountServiceAccountToken`.
+fn mount_token(c: &Cluster, on: bool) {
+    edit_config(
+        c,
+        &format!("mountServiceAccountToken: {}", !on),
+        &format!("mountServiceAccountToken: {on}"),
+    );
 }
 
 #[test]
@@ -363,4 +370,152 @@ fn latency_with_the_webhook_as_a_pod() {
         quantile(&steps, 0.5), quantile(&steps, 0.99),
         quantile(&flipped_steps, 0.5), quantile(&flipped_steps, 0.99),
     ));
+}
+
+/// The release binary with `args` against this cluster: (exit code, stdout, stderr).
+fn run_bin(c: &Cluster, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(&c.release)
+        .args(args)
+        .env("KUBECONFIG", &c.kubeconfig)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The profile digests the status annotations of `ns`'s pods of `app` record.
+fn recorded_digests(c: &Cluster, ns: &str, app: &str) -> Vec<String> {
+    let pods: Value = serde_json::from_str(&c.ok(&[
+        "-n",
+        ns,
+        "get",
+        "pods",
+        "-l",
+        &format!("app={app}"),
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| {
+            let status: Value =
+                serde_json::from_str(p["metadata"]["annotations"][STATUS].as_str().unwrap())
+                    .unwrap();
+            status["digests"]["default"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+fn deployment(ns: &str, name: &str, replicas: u32, container: Value) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"replicas": replicas, "progressDeadlineSeconds": 10,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [container]}}}})
+}
+
+#[test]
+fn a_profile_change_is_found_as_stale_and_rolled_out_workload_by_workload() {
+    let (_t, c) = installed();
+    let ns = "stale";
+    c.namespace(ns, json!({NS_LABEL: "enabled"}));
+    let sleeper = json!({"name": "app", "image": "busybox:1.36", "command": ["sleep", "3600"]});
+    c.apply_ok(&deployment(ns, "web", 2, sleeper.clone()));
+    // Ready until restarted: its restarted pods never are, so its rollout cannot finish.
+    let mut fails = sleeper.clone();
+    fails["env"] = json!([{"name": "RESTARTED", "valueFrom": {"fieldRef":
+        {"fieldPath": "metadata.annotations['kubectl.kubernetes.io/restartedAt']"}}}]);
+    fails["readinessProbe"] = json!({"exec": {"command": ["sh", "-c", "[ -z \"$RESTARTED\" ]"]},
+        "periodSeconds": 1});
+    c.apply_ok(&deployment(ns, "a-fails-after-restart", 1, fails));
+    c.apply_ok(&json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "bare", "namespace": ns, "labels": {"app": "bare"}},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [sleeper]}}));
+    for what in ["deployment/web", "deployment/a-fails-after-restart"] {
+        c.ok(&["-n", ns, "rollout", "status", what, "--timeout=90s"]);
+    }
+    let old = recorded_digests(c, ns, "web");
+    assert_eq!(old.len(), 2);
+    // Nothing is stale yet.
+    let (code, out, err) = run_bin(c, &["check", "-n", ns]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // The operator changes the profile's image; the replicas serve it.
+    let (from, to) = (
+        "image: busybox:1.36",
+        "image: docker.io/library/busybox:1.36",
+    );
+    edit_config(c, from, to);
+    let (code, out, err) = run_bin(c, &["check", "-A"]);
+    assert_eq!(code, 1, "{out}{err}");
+    let stale: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("stale ") && l.contains(" stale "))
+        .collect();
+    assert_eq!(stale.len(), 4, "{out}");
+    assert!(
+        stale.iter().all(|l| l.contains("profile-changed")
+            && l.contains(
+                r#"default/sidecar: image "busybox:1.36" -> "docker.io/library/busybox:1.36""#
+            )),
+        "{out}"
+    );
+
+    let (code, out, err) = run_bin(c, &["rollout", "--stale", "-n", ns, "--dry-run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("would restart deployment/stale/web (2 stale pods)"),
+        "{out}"
+    );
+    assert!(out.contains("left pod/stale/bare"), "{out}");
+    assert_eq!(
+        recorded_digests(c, ns, "web"),
+        old,
+        "a dry run changes nothing"
+    );
+
+    // The first workload cannot become available: the rollout stops there.
+    let (code, out, err) = run_bin(c, &["rollout", "--stale", "-n", ns]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("stopped: deployment/stale/a-fails-after-restart did not become available"),
+        "{out}"
+    );
+    assert!(out.contains("not restarted: deployment/stale/web"), "{out}");
+    assert_eq!(recorded_digests(c, ns, "web"), old);
+
+    c.ok(&["-n", ns, "delete", "deployment", "a-fails-after-restart"]);
+    let (code, out, err) = run_bin(c, &["rollout", "--stale", "-n", ns]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("restarted deployment/stale/web (2 stale pods)"),
+        "{out}"
+    );
+    assert!(out.contains("left pod/stale/bare"), "{out}");
+    let new = recorded_digests(c, ns, "web");
+    assert_eq!(new.len(), 2, "{new:?}");
+    assert!(new.iter().all(|d| !old.contains(d)), "{old:?} -> {new:?}");
+    // Once the replaced pods have terminated, only the bare pod is stale.
+    let mut out = String::new();
+    wait_for("only the bare pod stale", Duration::from_secs(30), || {
+        out = run_bin(c, &["check", "-n", ns]).1;
+        let stale: Vec<&str> = out.lines().filter(|l| l.contains(" stale ")).collect();
+        stale.len() == 1 && stale[0].contains("pod/bare")
+    });
+    report(format!(
+        "- stale sidecars: after an image change in the profile, `check -A` found 4 stale pods; \
+         `rollout --stale` stopped at a Deployment that could not become available, then \
+         restarted the other (2 pods: digests {} -> {}), left the bare pod",
+        old[0], new[0]
+    ));
+    c.ok(&["delete", "namespace", ns, "--wait=false"]);
+    edit_config(c, to, from);
 }

@@ -85,7 +85,14 @@ fn the_pure_core_uses_only_itself() {
 
 #[test]
 fn the_cluster_shells_do_not_reach_into_the_server() {
-    for module in ["check", "autotls", "rotation", "kubeapi", "certificate"] {
+    for module in [
+        "check",
+        "rollout",
+        "autotls",
+        "rotation",
+        "kubeapi",
+        "certificate",
+    ] {
         for used in crate_modules(&source(module)) {
             assert!(
                 !SERVER.contains(&used.as_str()),
