@@ -2,8 +2,9 @@
 # The end-to-end suites (tests/e2e.rs, tests/tls_auto.rs, tests/node.rs) against a real
 # cluster with a kubelet node, the hostile-client tests (tests/hostile.rs) against the release
 # server, then the webhook installed in a second, fresh cluster as users install it
-# (tests/in_cluster.rs): builds the cluster (once per version, cached outside the checkout),
-# the release binary and the webhook's image, starts each cluster in a temporary directory,
+# (tests/in_cluster.rs), and with the Helm chart in a third (tests/helm_cluster.rs): builds
+# the cluster (once per version, cached outside the checkout), the release binary and the
+# webhook's image, starts each cluster in a temporary directory,
 # runs the suites, stops everything whatever happens, and fails if the host is not as it was.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -66,4 +67,5 @@ on_cluster() {
 rm -f target/e2e/tls-auto.md target/e2e/in-cluster.md
 on_cluster none e2e tls_auto node hostile
 on_cluster webhook in_cluster
+on_cluster webhook helm_cluster
 cat target/e2e/latency.md target/e2e/tls-auto.md target/e2e/in-cluster.md

@@ -158,6 +158,10 @@ struct Observed {
     material: Result<Material, Unusable>,
     resource_version: Option<String>,
     type_ok: bool,
+    /// Its labels and annotations, kept as they are by an update: another owner's (a Helm
+    /// release's) stay its own.
+    labels: Option<BTreeMap<String, String>>,
+    annotations: Option<BTreeMap<String, String>>,
 }
 
 fn now() -> OffsetDateTime {
@@ -218,6 +222,8 @@ impl Shell {
                 material: Err(Unusable::Missing),
                 resource_version: None,
                 type_ok: true,
+                labels: None,
+                annotations: None,
             });
         };
         let kind = secret.type_.clone().unwrap_or_else(|| "Opaque".into());
@@ -231,6 +237,8 @@ impl Shell {
             material: Material::from_secret(Some((&kind, &data)), now().unix_timestamp()),
             resource_version: secret.metadata.resource_version,
             type_ok: kind == SECRET_TYPE,
+            labels: secret.metadata.labels,
+            annotations: secret.metadata.annotations,
         })
     }
 
@@ -419,10 +427,12 @@ impl Shell {
             ..Default::default()
         };
         secret.metadata.name = Some(name.clone());
-        secret.metadata.labels = Some(BTreeMap::from([(
-            "app.kubernetes.io/managed-by".to_string(),
-            "sidecar-injector".to_string(),
-        )]));
+        let mut labels = observed.labels.clone().unwrap_or_default();
+        labels
+            .entry("app.kubernetes.io/managed-by".to_string())
+            .or_insert_with(|| "sidecar-injector".to_string());
+        secret.metadata.labels = Some(labels);
+        secret.metadata.annotations = observed.annotations.clone();
         match &observed.resource_version {
             None => {
                 self.secrets.create(&PostParams::default(), &secret).await?;
@@ -493,9 +503,15 @@ impl Shell {
         let bundles = configuration.as_ref().map(|c| c.bundles.as_slice());
         self.note_trust(memory, bundles);
         if configuration.is_none() && !memory.warned_missing {
-            tracing::warn!(name = %self.args.tls_auto_webhook_config, "tls-auto: the MutatingWebhookConfiguration does not exist (uninstalled?): it is not recreated, and this replica is not ready");
+            tracing::warn!(name = %self.args.tls_auto_webhook_config, "tls-auto: the MutatingWebhookConfiguration does not exist (uninstalled?): it is not recreated, the Secret and Lease are not written, and this replica is not ready");
         }
         memory.warned_missing = configuration.is_none();
+        // Uninstalled: write nothing (no Lease, no Secret put back), or an uninstall would
+        // leave behind what it just deleted.
+        if configuration.is_none() {
+            self.state.metrics.set_tls_auto_leader(false);
+            return Ok(false);
+        }
 
         let serial = memory.served.as_ref().map(|m| m.serial.clone());
         let holding = self
@@ -607,11 +623,13 @@ where
 
 /// Starts managing the certificate in the background: the webhook serves `store`, and
 /// `state` is not ready until the caBundle trusts what it serves.
+/// Starts managing the certificate; the handle stops it (at shutdown: a replica on its way
+/// out writes nothing, so an uninstall leaves no Secret or Lease re-created behind it).
 pub async fn spawn(
     args: AutoTlsArgs,
     store: Arc<CertStore>,
     state: Arc<AppState>,
-) -> Result<(), AutoTlsError> {
+) -> Result<tokio::task::AbortHandle, AutoTlsError> {
     let client = crate::kubeapi::connect(args.kubeconfig.as_deref(), None)
         .await
         .map_err(AutoTlsError::NoCluster)?;
@@ -672,7 +690,7 @@ pub async fn spawn(
     let tick = (shell.args.lease_duration / 3)
         .min(shell.args.rotation_grace / 4)
         .clamp(Duration::from_millis(200), Duration::from_secs(5));
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let mut memory = Memory::default();
         loop {
             let again = match shell.reconcile(&mut memory).await {
@@ -691,7 +709,7 @@ pub async fn spawn(
             }
         }
     });
-    Ok(())
+    Ok(task.abort_handle())
 }
 
 #[cfg(test)]

@@ -830,9 +830,11 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
     tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
     tracing::info!(addr = %probe_listener.local_addr()?, "probes listening");
 
-    if args.auto.tls_auto {
-        crate::autotls::spawn(args.auto.clone(), startup.store.clone(), state.clone()).await?;
-    }
+    let tls_auto = if args.auto.tls_auto {
+        Some(crate::autotls::spawn(args.auto.clone(), startup.store.clone(), state.clone()).await?)
+    } else {
+        None
+    };
     reload::spawn(
         startup.sources,
         state.clone(),
@@ -870,6 +872,9 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
     accept_until_shutdown(&listener, connections, &graceful).await;
 
     state.set_ready(false);
+    if let Some(tls_auto) = tls_auto {
+        tls_auto.abort();
+    }
     drop(listener);
     drain(graceful, args.timing.shutdown_grace).await;
     let _ = stop_plain.send(true);

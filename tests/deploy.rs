@@ -599,3 +599,190 @@ fn dockerfile_passes_hadolint() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Helm, built from its Go module by scripts/helm.sh (cached).
+fn helm() -> PathBuf {
+    let out = succeed(
+        Command::new("bash").arg(root().join("scripts/helm.sh")),
+        "scripts/helm.sh",
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+const CHART: &str = "charts/sidecar-injector";
+
+/// `helm template` of the chart into namespace sidecar-injector with `args`: the objects, or
+/// Helm's error.
+fn helm_template(args: &[&str]) -> Result<Vec<Value>, String> {
+    let out = Command::new(helm())
+        .args(["template", "sidecar-injector"])
+        .arg(root().join(CHART))
+        .args(["-n", "sidecar-injector"])
+        .args(args)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(read_yaml(&out.stdout))
+}
+
+/// An object as both sources must agree on it: without labels (Helm adds its own) and
+/// namespace (Helm's is the release's), the config parsed rather than its text.
+fn comparable(o: &Value) -> ((String, String), Value) {
+    let mut o = o.clone();
+    let meta = o["metadata"].as_object_mut().unwrap();
+    meta.remove("labels");
+    meta.remove("namespace");
+    if o["kind"] == "ConfigMap" {
+        let text = o["data"]["config.yaml"].as_str().unwrap().to_string();
+        o["data"]["config.yaml"] = read_yaml(text.as_bytes()).remove(0);
+    }
+    let key = (
+        o["kind"].as_str().unwrap().to_string(),
+        o["metadata"]["name"].as_str().unwrap().to_string(),
+    );
+    (key, o)
+}
+
+#[test]
+fn the_charts_defaults_render_what_deploy_installs() {
+    let lint = Command::new(helm())
+        .args(["lint", "--strict"])
+        .arg(root().join(CHART))
+        .output()
+        .unwrap();
+    assert!(
+        lint.status.success(),
+        "helm lint --strict: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    // The chart also declares the Secret and Lease the replicas write, so that `helm
+    // uninstall` removes them (kustomize has no such lifecycle).
+    let chart: std::collections::BTreeMap<_, _> = helm_template(&[])
+        .unwrap()
+        .iter()
+        .filter(|o| o["kind"] != "Secret" && o["kind"] != "Lease")
+        .map(comparable)
+        .collect();
+    // Helm's convention: the release's namespace is made by `--create-namespace`, not the chart.
+    let deploy: std::collections::BTreeMap<_, _> = kustomize(&root().join("deploy"))
+        .iter()
+        .filter(|o| o["kind"] != "Namespace")
+        .map(comparable)
+        .collect();
+    assert_eq!(
+        chart.keys().collect::<Vec<_>>(),
+        deploy.keys().collect::<Vec<_>>()
+    );
+    for (key, object) in &deploy {
+        assert_eq!(&chart[key], object, "{key:?} differs");
+    }
+}
+
+#[test]
+fn the_chart_with_other_values_renders_valid_objects() {
+    let ca = b64(b"-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n");
+    let secret_ca = format!("tls.caBundle={ca}");
+    for args in [
+        vec![
+            "--set",
+            "tls.mode=certManager",
+            "--set",
+            "webhook.failurePolicy=Ignore",
+            "--set",
+            "replicas=3",
+        ],
+        vec!["--set", "tls.mode=secret", "--set", &secret_ca],
+        vec![
+            "--set",
+            "podDisruptionBudget.enabled=false",
+            "--set",
+            "networkPolicy.enabled=false",
+            "--set",
+            "mountServiceAccountToken=false",
+            "--set",
+            "webhook.namespaceSelector.matchExpressions[0].key=team",
+            "--set",
+            "webhook.namespaceSelector.matchExpressions[0].operator=Exists",
+            "--set",
+            "webhook.objectSelector.matchExpressions[0].key=sidecar",
+            "--set",
+            "webhook.objectSelector.matchExpressions[0].operator=DoesNotExist",
+            "--set",
+            "image.repository=registry.example.com/sidecar-injector",
+            "--set",
+            "image.tag=9.9.9",
+        ],
+    ] {
+        let objects = helm_template(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        validate_builtin(&objects);
+        let deployment = find(&objects, "Deployment")[0];
+        let hooks = find(&objects, "MutatingWebhookConfiguration")[0];
+        let pod_hook = &hooks["webhooks"][1];
+        // Whatever the values, the system namespaces and the release's own stay excluded.
+        assert!(
+            pod_hook["namespaceSelector"]["matchExpressions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["key"] == "kubernetes.io/metadata.name"
+                    && e["values"]
+                        .as_array()
+                        .unwrap()
+                        .contains(&"sidecar-injector".into())),
+            "{args:?}"
+        );
+        match args[1] {
+            "tls.mode=certManager" => {
+                assert_eq!(pod_hook["failurePolicy"], "Ignore");
+                assert_eq!(deployment["spec"]["replicas"], 3);
+                assert!(
+                    hooks["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].is_string()
+                );
+                assert_eq!(find(&objects, "Certificate").len(), 2);
+                assert!(find(&objects, "Role").is_empty(), "no tls-auto RBAC");
+            }
+            "tls.mode=secret" => {
+                assert_eq!(pod_hook["clientConfig"]["caBundle"], ca.as_str());
+                assert!(find(&objects, "ValidatingAdmissionPolicy").is_empty());
+            }
+            _ => {
+                assert!(find(&objects, "PodDisruptionBudget").is_empty());
+                assert!(find(&objects, "NetworkPolicy").is_empty());
+                assert_eq!(
+                    pod_hook["namespaceSelector"]["matchExpressions"][2]["key"],
+                    "team"
+                );
+                assert_eq!(
+                    pod_hook["objectSelector"]["matchExpressions"][0]["key"],
+                    "sidecar"
+                );
+                assert_eq!(
+                    deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+                    "registry.example.com/sidecar-injector:9.9.9"
+                );
+                let cm = find(&objects, "ConfigMap")[0];
+                let config = read_yaml(cm["data"]["config.yaml"].as_str().unwrap().as_bytes());
+                assert_eq!(config[0]["mountServiceAccountToken"], false);
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_values_fail_with_the_schemas_message() {
+    for (set, message) in [
+        (
+            "webhook.failurePolicy=Sometimes",
+            "at '/webhook/failurePolicy': value must be one of 'Fail', 'Ignore'",
+        ),
+        ("bogus=1", "additional properties 'bogus' not allowed"),
+        ("replicas=two", "at '/replicas': got string, want integer"),
+        ("tls.mode=secret", "caBundle"),
+    ] {
+        let err = helm_template(&["--set", set]).expect_err(set);
+        assert!(err.contains(message), "{set}: {err}");
+    }
+}
