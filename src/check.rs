@@ -1103,6 +1103,14 @@ mod tests {
         let patch: json_patch::Patch = serde_json::from_str(&injection.patch_json()).unwrap();
         json_patch::patch(&mut live, &patch).unwrap();
         let plain = ns("demo", &[]);
+        let pod_finding = |doc: &Value, live: bool, config: &Config| {
+            let object = Object {
+                kind: "Pod",
+                doc,
+                live,
+            };
+            evaluate(&deployed(), &plain, &object, config)
+        };
         let f = check(&plain, "Pod", &live, true);
         assert_eq!(verdict(&f), (Verdict::Injected, "already-injected", None));
         assert_eq!(f.message, "");
@@ -1110,16 +1118,7 @@ mod tests {
         // The profile's image changed since.
         let yaml = crate::config::DEFAULT_CONFIG_YAML.replace("busybox:1.36", "busybox:1.37");
         let newer = Config::from_yaml(&yaml, "newer").unwrap();
-        let f = evaluate(
-            &deployed(),
-            &plain,
-            &Object {
-                kind: "Pod",
-                doc: &live,
-                live: true,
-            },
-            &newer,
-        );
+        let f = pod_finding(&live, true, &newer);
         assert_eq!(verdict(&f), (Verdict::Stale, "profile-changed", None));
         assert!(!f.result.ok());
         assert!(
@@ -1129,16 +1128,7 @@ mod tests {
             f.message
         );
         // A manifest is not running anything: only live pods are stale.
-        let f = evaluate(
-            &deployed(),
-            &plain,
-            &Object {
-                kind: "Pod",
-                doc: &live,
-                live: false,
-            },
-            &newer,
-        );
+        let f = pod_finding(&live, false, &newer);
         assert_eq!(f.result, Verdict::Injected);
 
         // A pod injected before digests were recorded: version unknown, never an error.
@@ -1148,16 +1138,7 @@ mod tests {
                 .unwrap();
         status.as_object_mut().unwrap().remove("digests");
         old["metadata"]["annotations"][STATUS_KEY] = json!(status.to_string());
-        let f = evaluate(
-            &deployed(),
-            &plain,
-            &Object {
-                kind: "Pod",
-                doc: &old,
-                live: true,
-            },
-            &newer,
-        );
+        let f = pod_finding(&old, true, &newer);
         assert_eq!(verdict(&f), (Verdict::Injected, "already-injected", None));
         assert!(f.message.contains("unknown"), "{}", f.message);
     }

@@ -35,10 +35,8 @@ fn validate_builtin(objects: &[Value]) {
     let files: Vec<PathBuf> = objects
         .iter()
         .filter(|o| {
-            !o["apiVersion"]
-                .as_str()
-                .unwrap()
-                .contains("cert-manager.io")
+            let api = o["apiVersion"].as_str().unwrap();
+            !api.contains("cert-manager.io") && !api.contains("monitoring.coreos.com")
         })
         .enumerate()
         .map(|(i, o)| {
@@ -600,13 +598,45 @@ fn dockerfile_passes_hadolint() {
     );
 }
 
-/// Helm, built from its Go module by scripts/helm.sh (cached).
-fn helm() -> PathBuf {
+/// A Go tool built from its module by scripts/tool.sh (cached): helm, promtool.
+fn tool(name: &str) -> PathBuf {
     let out = succeed(
-        Command::new("bash").arg(root().join("scripts/helm.sh")),
-        "scripts/helm.sh",
+        Command::new("bash")
+            .arg(root().join("scripts/tool.sh"))
+            .arg(name),
+        &format!("scripts/tool.sh {name}"),
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn helm() -> PathBuf {
+    tool("helm")
+}
+
+#[test]
+fn promtool_checks_the_alerts_and_runs_their_tests() {
+    let promtool = tool("promtool");
+    for args in [
+        vec![
+            "check",
+            "rules",
+            "../../charts/sidecar-injector/files/alerts.yaml",
+        ],
+        vec!["test", "rules", "alerts-test.yaml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(&args)
+            .current_dir(root().join("deploy/monitoring"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 const CHART: &str = "charts/sidecar-injector";
@@ -784,5 +814,87 @@ fn bad_values_fail_with_the_schemas_message() {
     ] {
         let err = helm_template(&["--set", set]).expect_err(set);
         assert!(err.contains(message), "{set}: {err}");
+    }
+}
+
+/// Metric names in PromQL text: the server's, and kube-state-metrics' (the usual source of
+/// a Deployment's replica counts).
+fn metric_names(expr: &str) -> Vec<String> {
+    let re = regex::Regex::new(r"\b(sidecar_injector_[a-z_]+|kube_[a-z_]+)").unwrap();
+    re.find_iter(expr).map(|m| m.as_str().to_string()).collect()
+}
+
+#[test]
+fn alerts_and_dashboard_use_only_metrics_the_server_exports() {
+    // The chart's alerts and deploy/monitoring's are the same groups.
+    let chart_alerts =
+        read_yaml(&std::fs::read(root().join(CHART).join("files/alerts.yaml")).unwrap());
+    let rule =
+        read_yaml(&std::fs::read(root().join("deploy/monitoring/prometheusrule.yaml")).unwrap());
+    assert_eq!(rule[0]["spec"]["groups"], chart_alerts[0]["groups"]);
+    let rendered = helm_template(&[
+        "--set",
+        "prometheusRule.enabled=true",
+        "--set",
+        "serviceMonitor.enabled=true",
+    ])
+    .unwrap();
+    validate_builtin(&rendered);
+    assert_eq!(
+        find(&rendered, "PrometheusRule")[0]["spec"]["groups"],
+        chart_alerts[0]["groups"]
+    );
+    assert_eq!(find(&rendered, "ServiceMonitor").len(), 1);
+
+    // Every series the server exports, as a scrape shows them (profiles served included).
+    let metrics = sidecar_injector::metrics::Metrics::new();
+    metrics.serving_profiles(&sidecar_injector::config::Config::embedded().unwrap());
+    let exported: std::collections::BTreeSet<String> = metrics
+        .encode()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next().map(String::from))
+        .collect();
+    let known_elsewhere = ["kube_deployment_status_replicas_available"];
+    let mut exprs: Vec<String> = chart_alerts[0]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert!(
+                r["annotations"]["runbook"]
+                    .as_str()
+                    .is_some_and(|u| u.starts_with("docs/monitoring.md#")),
+                "{r}"
+            );
+            r["expr"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let dashboard: Value = serde_json::from_slice(
+        &std::fs::read(root().join("deploy/monitoring/dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            exprs.push(target["expr"].as_str().unwrap().to_string());
+        }
+    }
+    let runbook = std::fs::read_to_string(root().join("docs/monitoring.md")).unwrap();
+    for rule in chart_alerts[0]["groups"][0]["rules"].as_array().unwrap() {
+        let alert = rule["alert"].as_str().unwrap();
+        assert!(
+            runbook.contains(&format!("### {alert}")),
+            "docs/monitoring.md has no runbook for {alert}"
+        );
+    }
+    for expr in &exprs {
+        let names = metric_names(expr);
+        assert!(!names.is_empty(), "{expr}");
+        for name in names {
+            assert!(
+                exported.contains(&name) || known_elsewhere.contains(&name.as_str()),
+                "{name} (in {expr}) is not a series the server exports: {exported:?}"
+            );
+        }
     }
 }

@@ -16,8 +16,10 @@ const NS: &str = "sidecar-injector";
 
 fn helm(c: &Cluster, args: &[&str]) -> String {
     let bin = succeed(
-        Command::new("bash").arg(root().join("scripts/helm.sh")),
-        "scripts/helm.sh",
+        Command::new("bash")
+            .arg(root().join("scripts/tool.sh"))
+            .arg("helm"),
+        "scripts/tool.sh helm",
     );
     let out = succeed(
         Command::new(String::from_utf8_lossy(&bin.stdout).trim())
@@ -30,12 +32,8 @@ fn helm(c: &Cluster, args: &[&str]) -> String {
 
 /// The profile digests the Ready replicas report (their info metric, read from the node).
 fn served_digests(c: &Cluster) -> Vec<(String, String)> {
-    let pods = c.get(NS, "pods");
-    pods["items"]
-        .as_array()
-        .unwrap()
+    c.live_pods(NS, "")
         .iter()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .map(|p| {
             let ip = p["status"]["podIP"].as_str().unwrap_or_default();
             let text = c

@@ -388,22 +388,8 @@ fn run_bin(c: &Cluster, args: &[&str]) -> (i32, String, String) {
 
 /// The profile digests the status annotations of `ns`'s pods of `app` record.
 fn recorded_digests(c: &Cluster, ns: &str, app: &str) -> Vec<String> {
-    let pods: Value = serde_json::from_str(&c.ok(&[
-        "-n",
-        ns,
-        "get",
-        "pods",
-        "-l",
-        &format!("app={app}"),
-        "-o",
-        "json",
-    ]))
-    .unwrap();
-    pods["items"]
-        .as_array()
-        .unwrap()
+    c.live_pods(ns, &format!("app={app}"))
         .iter()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .map(|p| {
             let status: Value =
                 serde_json::from_str(p["metadata"]["annotations"][STATUS].as_str().unwrap())

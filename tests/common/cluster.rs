@@ -189,6 +189,22 @@ impl Cluster {
         out
     }
 
+    /// The pods of `ns` matching `selector` (`-l`; "" for all) that are not terminating.
+    pub fn live_pods(&self, ns: &str, selector: &str) -> Vec<Value> {
+        let mut args = vec!["-n", ns, "get", "pods", "-o", "json"];
+        if !selector.is_empty() {
+            args.extend(["-l", selector]);
+        }
+        let list: Value = serde_json::from_str(&self.ok(&args)).unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .cloned()
+            .collect()
+    }
+
     pub fn get(&self, ns: &str, what: &str) -> Value {
         serde_json::from_str(&self.ok(&["-n", ns, "get", what, "-o", "json"])).unwrap()
     }

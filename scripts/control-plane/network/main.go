@@ -91,8 +91,8 @@ func listen(spec string) net.Listener {
 	return ln
 }
 
-func forward(ln net.Listener, to string) {
-	kind, addr, _ := strings.Cut(to, ":")
+// accept hands each connection to handle in a goroutine of its own, which closes it after.
+func accept(ln net.Listener, handle func(conn net.Conn)) {
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -100,51 +100,50 @@ func forward(ln net.Listener, to string) {
 		}
 		go func() {
 			defer conn.Close()
-			up, err := net.DialTimeout(kind, addr, 5*time.Second)
-			if err != nil {
-				log.Printf("forward %s: %v", to, err)
-				return
-			}
-			defer up.Close()
-			join(conn, bufio.NewReader(conn), up)
+			handle(conn)
 		}()
 	}
 }
 
+func forward(ln net.Listener, to string) {
+	kind, addr, _ := strings.Cut(to, ":")
+	accept(ln, func(conn net.Conn) {
+		up, err := net.DialTimeout(kind, addr, 5*time.Second)
+		if err != nil {
+			log.Printf("forward %s: %v", to, err)
+			return
+		}
+		defer up.Close()
+		join(conn, bufio.NewReader(conn), up)
+	})
+}
+
 // serveConnect answers HTTP CONNECT requests on a Unix socket with connections from dial.
 func serveConnect(socket string, dial func(target string) (net.Conn, error)) {
-	ln := listen("unix:" + socket)
-	for {
-		conn, err := ln.Accept()
+	accept(listen("unix:"+socket), func(conn net.Conn) {
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		br := bufio.NewReader(conn)
+		req, err := http.ReadRequest(br)
 		if err != nil {
-			log.Fatal(err)
+			return
 		}
-		go func() {
-			defer conn.Close()
-			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-			br := bufio.NewReader(conn)
-			req, err := http.ReadRequest(br)
-			if err != nil {
-				return
-			}
-			_ = conn.SetReadDeadline(time.Time{})
-			if req.Method != http.MethodConnect {
-				fmt.Fprint(conn, "HTTP/1.1 405 Method Not Allowed\r\n\r\n")
-				return
-			}
-			up, err := dial(req.Host)
-			if err != nil {
-				log.Printf("CONNECT %s: %v", req.Host, err)
-				fmt.Fprintf(conn, "HTTP/1.1 502 Bad Gateway\r\n\r\n")
-				return
-			}
-			defer up.Close()
-			if _, err := fmt.Fprint(conn, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
-				return
-			}
-			join(conn, br, up)
-		}()
-	}
+		_ = conn.SetReadDeadline(time.Time{})
+		if req.Method != http.MethodConnect {
+			fmt.Fprint(conn, "HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+			return
+		}
+		up, err := dial(req.Host)
+		if err != nil {
+			log.Printf("CONNECT %s: %v", req.Host, err)
+			fmt.Fprintf(conn, "HTTP/1.1 502 Bad Gateway\r\n\r\n")
+			return
+		}
+		defer up.Close()
+		if _, err := fmt.Fprint(conn, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+			return
+		}
+		join(conn, br, up)
+	})
 }
 
 // join copies both ways until both sides are done.
