@@ -14,17 +14,22 @@ use serde_json::{json, Value};
 
 const NS: &str = "sidecar-injector";
 
-fn helm(c: &Cluster, args: &[&str]) -> String {
+fn helm_command(c: &Cluster, args: &[&str]) -> Command {
     let bin = succeed(
         Command::new("bash")
             .arg(root().join("scripts/tool.sh"))
             .arg("helm"),
         "scripts/tool.sh helm",
     );
+    let mut command = Command::new(String::from_utf8_lossy(&bin.stdout).trim());
+    command.args(args).env("KUBECONFIG", &c.kubeconfig);
+    command
+}
+
+/// Helm with `args`, which must succeed: its stdout.
+fn helm(c: &Cluster, args: &[&str]) -> String {
     let out = succeed(
-        Command::new(String::from_utf8_lossy(&bin.stdout).trim())
-            .args(args)
-            .env("KUBECONFIG", &c.kubeconfig),
+        &mut helm_command(c, args),
         &format!("helm {}", args.join(" ")),
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -68,6 +73,42 @@ fn helm_install_upgrade_and_uninstall_on_a_real_cluster() {
     let c = Cluster::from_env();
     let chart = root().join("charts/sidecar-injector");
     let chart = chart.to_str().unwrap();
+    // Bad values: refused with the schema's message, and nothing installed.
+    let bad = helm_command(
+        &c,
+        &[
+            "install",
+            "sidecar-injector",
+            chart,
+            "-n",
+            NS,
+            "--create-namespace",
+            "--set",
+            "webhook.failurePolicy=Sometimes",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("at '/webhook/failurePolicy': value must be one of 'Fail', 'Ignore'"),
+        "{err}"
+    );
+    assert_eq!(
+        helm(&c, &["list", "-A", "-q"]).trim(),
+        "",
+        "a release was recorded"
+    );
+    for what in [
+        "mutatingwebhookconfiguration/sidecar-injector",
+        "namespace/sidecar-injector",
+    ] {
+        assert!(
+            !c.kubectl(&["get", what], None).status.success(),
+            "{what} was created"
+        );
+    }
     helm(
         &c,
         &[
