@@ -17,18 +17,22 @@ bash scripts/link-order.sh check
 host=$(mktemp -d -t sidecar-injector-host.XXXXXX)
 bash scripts/host-state.sh >"$host/before"
 dir=
+# stop_cluster RC: stops the cluster in $dir, if any; its logs are kept when RC says it failed.
+stop_cluster() {
+    [[ -n $dir ]] || return 0
+    local start=$SECONDS
+    bash "$cp" stop "$dir"
+    echo "e2e: cluster and node stopped in $((SECONDS - start)) s" >&2
+    if [[ $1 -ne 0 && -f $dir/kube-apiserver.log ]]; then
+        echo "e2e: failed; control plane logs kept in $dir" >&2
+    else
+        rm -rf "$dir"
+    fi
+    dir=
+}
 finish() {
     local rc=$?
-    if [[ -n $dir ]]; then
-        local start=$SECONDS
-        bash "$cp" stop "$dir"
-        echo "e2e: cluster and node stopped in $((SECONDS - start)) s" >&2
-        if [[ $rc -ne 0 && -f $dir/kube-apiserver.log ]]; then
-            echo "e2e: failed; control plane logs kept in $dir" >&2
-        else
-            rm -rf "$dir"
-        fi
-    fi
+    stop_cluster "$rc"
     bash scripts/host-state.sh >"$host/after"
     if ! diff -u "$host/before" "$host/after" >&2; then
         echo "e2e: FAILED: the host is not as it was before the clusters started (diff above)" >&2
@@ -57,11 +61,7 @@ on_cluster() {
     fi
     SIDECAR_E2E_ENV="$dir/env" SIDECAR_E2E_BIN="$root/target/release/sidecar-injector" \
         cargo test --locked --features e2e "${tests[@]}" -- --test-threads=1
-    local start=$SECONDS
-    bash "$cp" stop "$dir"
-    echo "e2e: cluster and node stopped in $((SECONDS - start)) s" >&2
-    rm -rf "$dir"
-    dir=
+    stop_cluster 0
 }
 
 rm -f target/e2e/tls-auto.md target/e2e/in-cluster.md

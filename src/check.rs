@@ -376,10 +376,7 @@ pub fn evaluate(
                 finding.message = "injected before profile digests were recorded: its version \
                                    is unknown"
                     .into();
-            } else if let Some(changes) = pod["metadata"]["annotations"][STATUS_KEY]
-                .as_str()
-                .and_then(|text| stale(&pod, &StatusNames::parse(text), config))
-            {
+            } else if let Some(changes) = stale(&pod, &injected.digests, config) {
                 finding.result = Verdict::Stale;
                 finding.reason = "profile-changed".into();
                 finding.message = format!(
@@ -471,16 +468,17 @@ pub fn evaluate(
     finding
 }
 
-/// What differs between the profiles a pod was injected with (its `status`) and the config's
-/// same profiles, one clause per change; none when every digest is current.
-fn stale(pod: &Value, status: &StatusNames, config: &Config) -> Option<String> {
+/// What differs between the profiles a pod was injected with (the digests its status
+/// records) and the config's same profiles, one clause per change; none when every digest
+/// is current.
+fn stale(pod: &Value, recorded: &BTreeMap<String, String>, config: &Config) -> Option<String> {
     let mut changes = Vec::new();
-    for name in status.outdated(|p| config.profiles.get(p).map(|p| p.digest.as_str())) {
+    let current = |p: &str| config.profiles.get(p).map(|p| p.digest.as_str());
+    for (name, digest) in inject::outdated(recorded, current) {
         let Some(profile) = config.profiles.get(name) else {
             changes.push(format!("profile {name}: no longer configured"));
             continue;
         };
-        let digest = status.digests.get(name).map_or("", |d| d.as_ref());
         let before = changes.len();
         for wanted in &profile.configured {
             let cname = wanted["name"].as_str().unwrap_or_default();

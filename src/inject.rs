@@ -391,17 +391,6 @@ impl<'a> StatusNames<'a> {
         serde_json::from_str(status).unwrap_or_default()
     }
 
-    /// The profiles it records another digest for than `current` gives (none there: no
-    /// longer configured); none when it records no digests (injected before they were: an
-    /// unknown version is not a stale one).
-    pub fn outdated<'c>(&self, current: impl Fn(&str) -> Option<&'c str>) -> Vec<&str> {
-        self.digests
-            .iter()
-            .filter(|(profile, digest)| current(profile) != Some(digest.as_ref()))
-            .map(|(profile, _)| profile.as_ref())
-            .collect()
-    }
-
     /// The containers and init containers it names.
     pub fn all_containers(&self) -> impl Iterator<Item = &str> {
         self.containers
@@ -409,6 +398,21 @@ impl<'a> StatusNames<'a> {
             .chain(&self.init_containers)
             .map(Cow::as_ref)
     }
+}
+
+/// The profiles whose recorded digest (a status annotation's `digests`) is not the one
+/// `current` gives (none there: no longer configured), each with the digest recorded; none
+/// when nothing is recorded (injected before digests were: an unknown version is not a stale
+/// one).
+pub fn outdated<'s, 'c, K: AsRef<str>, V: AsRef<str>>(
+    recorded: &'s BTreeMap<K, V>,
+    current: impl Fn(&str) -> Option<&'c str>,
+) -> Vec<(&'s str, &'s str)> {
+    recorded
+        .iter()
+        .map(|(profile, digest)| (profile.as_ref(), digest.as_ref()))
+        .filter(|(profile, digest)| current(profile) != Some(*digest))
+        .collect()
 }
 
 /// What a pod's status annotation means (SPEC "Opting in and out").

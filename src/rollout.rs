@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{json, Value};
 
@@ -155,6 +156,7 @@ pub fn progress(kind: &str, w: &Value) -> Progress {
 }
 
 /// What to do about one stale pod.
+#[derive(Clone)]
 enum Owner {
     Restart(Workload),
     /// Not restarted, with why.
@@ -180,6 +182,7 @@ pub async fn run(args: &RolloutArgs) -> Result<bool, RolloutError> {
         .await
         .map_err(api("list pods"))?;
     let mut restart: BTreeMap<Workload, usize> = BTreeMap::new();
+    let mut owners: BTreeMap<String, Owner> = BTreeMap::new();
     // Terminating pods are on their way out, whatever they run.
     for pod in pods
         .items
@@ -195,13 +198,31 @@ pub async fn run(args: &RolloutArgs) -> Result<bool, RolloutError> {
             continue;
         };
         let status = StatusNames::parse(status);
-        let outdated = status.outdated(|p| current.get(p).map(String::as_str));
+        let outdated: Vec<&str> =
+            crate::inject::outdated(&status.digests, |p| current.get(p).map(String::as_str))
+                .into_iter()
+                .map(|(profile, _)| profile)
+                .collect();
         if outdated.is_empty() {
             continue;
         }
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        match owner(&client, pod).await? {
+        let controller = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|r| r.controller == Some(true));
+        // A Deployment's pods share a ReplicaSet: read it once, by the controller's uid.
+        let found = match controller.and_then(|r| owners.get(&r.uid)) {
+            Some(known) => known.clone(),
+            None => owner(&client, &ns, controller).await?,
+        };
+        if let Some(r) = controller {
+            owners.insert(r.uid.clone(), found.clone());
+        }
+        match found {
             Owner::Restart(w) => *restart.entry(w).or_default() += 1,
             Owner::Leave(why) => println!(
                 "left pod/{ns}/{name} (stale: {}): {why}",
@@ -287,14 +308,11 @@ async fn replicas_digests(
 }
 
 /// The workload that restarts `pod`: its controller, or a ReplicaSet's Deployment.
-async fn owner(client: &kube::Client, pod: &Pod) -> Result<Owner, RolloutError> {
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let controller = pod
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|r| r.controller == Some(true));
+async fn owner(
+    client: &kube::Client,
+    ns: &str,
+    controller: Option<&OwnerReference>,
+) -> Result<Owner, RolloutError> {
     let Some(r) = controller else {
         return Ok(Owner::Leave(
             "no workload owns it: delete and recreate it yourself".into(),
@@ -303,7 +321,7 @@ async fn owner(client: &kube::Client, pod: &Pod) -> Result<Owner, RolloutError> 
     let workload = |kind: &'static str, name: &str| {
         Owner::Restart(Workload {
             kind,
-            namespace: ns.clone(),
+            namespace: ns.to_string(),
             name: name.to_string(),
         })
     };
@@ -312,7 +330,7 @@ async fn owner(client: &kube::Client, pod: &Pod) -> Result<Owner, RolloutError> 
         "DaemonSet" => workload("DaemonSet", &r.name),
         "ReplicaSet" => {
             let sets: kube::Api<k8s_openapi::api::apps::v1::ReplicaSet> =
-                kube::Api::namespaced(client.clone(), &ns);
+                kube::Api::namespaced(client.clone(), ns);
             let set = sets
                 .get_opt(&r.name)
                 .await

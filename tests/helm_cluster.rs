@@ -40,10 +40,7 @@ fn served_digests(c: &Cluster) -> Vec<(String, String)> {
     c.live_pods(NS, "")
         .iter()
         .map(|p| {
-            let ip = p["status"]["podIP"].as_str().unwrap_or_default();
-            let text = c
-                .node_http_get(&format!("http://{ip}:9090/metrics"))
-                .unwrap_or_default();
+            let text = c.pod_metrics(p).unwrap_or_default();
             let digest = sidecar_injector::rollout::served_digests(&text)
                 .remove("default")
                 .unwrap_or_default();
@@ -73,22 +70,24 @@ fn helm_install_upgrade_and_uninstall_on_a_real_cluster() {
     let c = Cluster::from_env();
     let chart = root().join("charts/sidecar-injector");
     let chart = chart.to_str().unwrap();
+    let install = |extra: &[&'static str]| {
+        [
+            &[
+                "install",
+                "sidecar-injector",
+                chart,
+                "-n",
+                NS,
+                "--create-namespace",
+            ],
+            extra,
+        ]
+        .concat()
+    };
     // Bad values: refused with the schema's message, and nothing installed.
-    let bad = helm_command(
-        &c,
-        &[
-            "install",
-            "sidecar-injector",
-            chart,
-            "-n",
-            NS,
-            "--create-namespace",
-            "--set",
-            "webhook.failurePolicy=Sometimes",
-        ],
-    )
-    .output()
-    .unwrap();
+    let bad = helm_command(&c, &install(&["--set", "webhook.failurePolicy=Sometimes"]))
+        .output()
+        .unwrap();
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
@@ -109,20 +108,7 @@ fn helm_install_upgrade_and_uninstall_on_a_real_cluster() {
             "{what} was created"
         );
     }
-    helm(
-        &c,
-        &[
-            "install",
-            "sidecar-injector",
-            chart,
-            "-n",
-            NS,
-            "--create-namespace",
-            "--wait",
-            "--timeout",
-            "3m",
-        ],
-    );
+    helm(&c, &install(&["--wait", "--timeout", "3m"]));
     c.ok(&[
         "-n",
         NS,

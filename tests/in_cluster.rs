@@ -77,9 +77,8 @@ fn name(pod: &Value) -> String {
 
 /// The sum of a counter's series in a replica's /metrics, read from inside the node.
 fn replica_counter(c: &Cluster, pod: &Value, series: &str) -> f64 {
-    let ip = pod["status"]["podIP"].as_str().unwrap();
     let text = c
-        .node_http_get(&format!("http://{ip}:9090/metrics"))
+        .pod_metrics(pod)
         .unwrap_or_else(|| panic!("{}'s metrics", name(pod)));
     text.lines()
         .filter(|l| l.starts_with(series))

@@ -144,6 +144,12 @@ impl Cluster {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// A pod's /metrics on the webhook's metrics port (9090), read from inside the node.
+    pub fn pod_metrics(&self, pod: &Value) -> Option<String> {
+        let ip = pod["status"]["podIP"].as_str()?;
+        self.node_http_get(&format!("http://{ip}:9090/metrics"))
+    }
+
     pub fn kubectl(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let mut child = Command::new(&self.kubectl)
             .env("KUBECONFIG", &self.kubeconfig)
