@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The end-to-end suites (tests/e2e.rs, tests/tls_auto.rs, tests/node.rs) against a real
-# cluster with a kubelet node, the hostile-client tests (tests/hostile.rs) against the release
-# server, then the webhook installed in a second, fresh cluster as users install it
-# (tests/in_cluster.rs), and with the Helm chart in a third (tests/helm_cluster.rs): builds
+# The end-to-end suites that reach inside a host-process webhook (tests/e2e.rs,
+# tests/tls_auto.rs) against a real cluster with a kubelet node, the hostile-client tests
+# (tests/hostile.rs) against the release server, then the webhook installed in a second,
+# fresh cluster as users install it (tests/in_cluster.rs, then the seed's flows on it:
+# tests/node.rs), and with the Helm chart in a third (tests/helm_cluster.rs): builds
 # the cluster (once per version, cached outside the checkout), the release binary and the
 # webhook's image, starts each cluster in a temporary directory,
 # runs the suites, stops everything whatever happens, and fails if the host is not as it was.
@@ -65,7 +66,7 @@ on_cluster() {
 }
 
 rm -f target/e2e/tls-auto.md target/e2e/in-cluster.md
-on_cluster none e2e tls_auto node hostile
-on_cluster webhook in_cluster
+on_cluster none e2e tls_auto hostile
+on_cluster webhook in_cluster node
 on_cluster webhook helm_cluster
 cat target/e2e/latency.md target/e2e/tls-auto.md target/e2e/in-cluster.md

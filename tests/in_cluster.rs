@@ -17,12 +17,11 @@ use std::time::{Duration, Instant};
 use common::api::Api;
 use common::cluster::{wait_for, Cluster, NS_LABEL, STATUS, WEBHOOK_IMAGE};
 use common::creates::Creates;
+use common::deployed::{edit_config, install, name, ready, replicas, settled, DEPLOYMENT, NS};
 use common::measure::{quantile, timed_creates, unix_nanos, webhook_histogram, webhook_spans};
 use common::root;
 use serde_json::{json, Value};
 
-const NS: &str = "sidecar-injector";
-const DEPLOYMENT: &str = "deployment/sidecar-injector";
 const PSA_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 /// Where the loops create their pods (opted in by annotation).
 const LOOP_NS: &str = "in-cluster-loop";
@@ -35,44 +34,12 @@ fn installed() -> (MutexGuard<'static, ()>, &'static Cluster) {
     let turn = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let c = CLUSTER.get_or_init(|| {
         let c = Cluster::from_env();
-        c.ok(&["apply", "-k", root().join("deploy").to_str().unwrap()]);
+        install(&c);
         c.namespace(LOOP_NS, json!({}));
         c
     });
     settled(c);
     (turn, c)
-}
-
-/// Waits for the rollout to finish and for exactly two Ready replicas (none terminating).
-fn settled(c: &Cluster) {
-    c.ok(&["-n", NS, "rollout", "status", DEPLOYMENT, "--timeout=120s"]);
-    wait_for(
-        "two Ready replicas and no other",
-        Duration::from_secs(90),
-        || {
-            let pods = replicas(c);
-            pods.len() == 2 && pods.iter().all(ready)
-        },
-    );
-}
-
-/// The webhook's pods, terminating ones included.
-fn replicas(c: &Cluster) -> Vec<Value> {
-    let pods = c.get(NS, "pods");
-    pods["items"].as_array().unwrap().clone()
-}
-
-fn ready(pod: &Value) -> bool {
-    pod["metadata"]["deletionTimestamp"].is_null()
-        && pod["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-}
-
-fn name(pod: &Value) -> String {
-    pod["metadata"]["name"].as_str().unwrap().to_string()
 }
 
 /// The sum of a counter's series in a replica's /metrics, read from inside the node.
@@ -289,23 +256,6 @@ fn kill_9_of_a_replica_fails_creates_only_until_its_endpoint_is_removed() {
         window < Duration::from_secs(5),
         "creates failed for {window:?} after the kill: {failures:#?}"
     );
-}
-
-/// Replaces `from` with `to` in deploy/'s config (the ConfigMap) and restarts the replicas
-/// on it.
-fn edit_config(c: &Cluster, from: &str, to: &str) {
-    let mut cm = c.get(NS, "configmap/sidecar-injector-config");
-    let config = cm["data"]["config.yaml"].as_str().unwrap().to_string();
-    assert!(config.contains(from), "{from:?} is not in the config");
-    cm["data"]["config.yaml"] = json!(config.replace(from, to));
-    let out = c.kubectl(&["replace", "-f", "-"], Some(cm.to_string().as_bytes()));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    c.ok(&["-n", NS, "rollout", "restart", DEPLOYMENT]);
-    settled(c);
 }
 
 /// Sets deploy/'s `mountServiceAccountToken`.

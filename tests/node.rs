@@ -1,10 +1,10 @@
 //! The seed's flows on a real node: pods the webhook injected are scheduled, their images
 //! pulled from the suite's local registry, started by the kubelet with containerd and runc,
 //! and used as a person would (an HTTP GET to the pod, `kubectl attach -it`, `kubectl logs`).
-//! The cluster is scripts/control-plane.sh's (started by scripts/e2e.sh); the webhook runs
-//! on the host as the release binary, reached through the apiserver's egress proxy. Pod IPs
-//! exist only inside the node's network namespace: the test reaches them with
-//! `ip netns exec $NODE_NETNS`.
+//! The cluster is scripts/control-plane.sh's (started by scripts/e2e.sh); the webhook is
+//! deploy/ installed as users install it, two replicas of the image on the node (as in
+//! tests/in_cluster.rs, whose cluster this suite shares). Pod IPs exist only inside the
+//! node's network namespace: the test reaches them with `ip netns exec $NODE_NETNS`.
 
 mod common;
 
@@ -16,8 +16,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::cluster::{wait_for, Cluster, INJECT};
+use common::deployed;
 use common::root;
-use common::server::Server;
 use serde_json::{json, Value};
 
 const PROFILES: &str = "sidecar-injector.io/profiles";
@@ -31,32 +31,25 @@ struct Node {
     c: Cluster,
     /// The local registry's access log: every pull the node attempted.
     registry_log: PathBuf,
-    _webhook: Server,
 }
 
-/// The cluster, with deploy/'s webhook configuration (self-signed overlay) and the webhook on
-/// the host serving the embedded config plus the seed's profile.
+/// The cluster with deploy/ installed as users install it (its two replicas are the webhook;
+/// nothing runs on the host), their config deploy/'s plus the seed's profile.
 fn node() -> MutexGuard<'static, Node> {
     static NODE: OnceLock<Mutex<Node>> = OnceLock::new();
     NODE.get_or_init(|| {
-        let mut c = Cluster::from_env();
-        common::selfsigned_overlay(&c.release, &c.overlay);
-        c.ok(&["apply", "-k", c.overlay.to_str().unwrap()]);
-        c.service_ip = c.service_ip("sidecar-injector");
-        let config = c.dir.join("node-config.yaml");
-        let embedded = std::fs::read_to_string(root().join("src/default-config.yaml")).unwrap();
-        let profile =
-            std::fs::read_to_string(root().join("tests/fixtures/seed/hello-profile.yaml")).unwrap();
-        std::fs::write(&config, format!("{embedded}{profile}")).unwrap();
-        let mut args = c.webhook_args();
-        args.extend(["--config".into(), config.display().to_string()]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let webhook = Server::start_bin(&c.release, &args);
-        c.route(&c.service_ip, &webhook.addr);
+        let c = Cluster::from_env();
+        deployed::install(&c);
+        let config = deployed::config(&c);
+        if !config.contains("\n  hello:\n") {
+            let profile =
+                std::fs::read_to_string(root().join("tests/fixtures/seed/hello-profile.yaml"))
+                    .unwrap();
+            deployed::set_config(&c, &format!("{config}{profile}"));
+        }
         Mutex::new(Node {
             registry_log: c.dir.join("node/registry.log"),
             c,
-            _webhook: webhook,
         })
     })
     .lock()

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod cluster;
 pub mod creates;
+pub mod deployed;
 pub mod measure;
 pub mod server;
 
