@@ -23,6 +23,7 @@ RUN mkdir src \
     && cargo build --release --locked \
     && rm -rf src
 COPY src ./src
+COPY deploy/base/config.yaml ./deploy/base/config.yaml
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked \
     && strip target/release/sidecar-injector

@@ -2,10 +2,10 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::{json, Value};
-use sidecar_injector::admission::review;
-use sidecar_injector::config::Config;
-use sidecar_injector::inject::{decide, Policy};
-use sidecar_injector::pod::PodView;
+use sidecar_injector::review;
+use sidecar_injector::Config;
+use sidecar_injector::PodView;
+use sidecar_injector::{decide, Policy};
 
 fn wrap(pod: Value) -> Vec<u8> {
     serde_json::to_vec(&json!({

@@ -124,7 +124,7 @@ def main():
     os.mkdir(secret)
     write_version(secret, 0, *pairs[0])
     config = os.path.join(work, "config.yaml")
-    good = open(os.path.join(ROOT, "src/default-config.yaml")).read()
+    good = open(os.path.join(ROOT, "deploy/base/config.yaml")).read()
     with open(config, "w") as f:
         f.write(good)
 

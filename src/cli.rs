@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Config;
-use crate::inject::Policy;
+use crate::engine::config::Config;
+use crate::engine::inject::Policy;
 use crate::server::ServeArgs;
 
 #[derive(Parser, Debug)]
@@ -43,10 +43,10 @@ pub enum Command {
     Certs(CertsArgs),
     /// Ask the cluster whether pods and workloads are (or would be) injected, and why.
     /// Exit 0: all are; 1: some are not; 2: the cluster could not be asked.
-    Check(crate::check::CheckArgs),
+    Check(crate::cluster::check::CheckArgs),
     /// Restart the workloads whose pods run stale sidecars (`--stale`), one at a time, each
     /// until available. Exit 0: done; 1: a workload did not become available; 2: an error.
-    Rollout(crate::rollout::RolloutArgs),
+    Rollout(crate::cluster::rollout::RolloutArgs),
 }
 
 #[derive(Args, Debug)]
@@ -106,7 +106,7 @@ fn read_input(file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
 /// Prints the answer; `Ok(false)` for input the server would answer with HTTP 400/413.
 fn review(config: &Config, args: &ReviewArgs) -> anyhow::Result<bool> {
     let body = read_input(args.input.file.as_deref())?;
-    match crate::admission::review(&body, args.input.policy, config) {
+    match crate::engine::admission::review(&body, args.input.policy, config) {
         Ok(answer) => {
             std::io::stdout().write_all(&answer.body)?;
             Ok(true)
@@ -121,7 +121,7 @@ fn review(config: &Config, args: &ReviewArgs) -> anyhow::Result<bool> {
 fn inject(config: &Config, args: &InjectArgs) -> anyhow::Result<bool> {
     let bytes = read_input(args.input.file.as_deref())?;
     let text = String::from_utf8(bytes).context("the input is not UTF-8 text")?;
-    let report = crate::manifest::inject(&text, args.input.policy, config)?;
+    let report = crate::engine::manifest::inject(&text, args.input.policy, config)?;
     // With a denial the run fails as a whole: stderr says only what must be fixed.
     if !report.denials.is_empty() {
         for line in &report.denials {
@@ -155,7 +155,7 @@ fn write_file(path: &Path, text: &str, private: bool) -> anyhow::Result<()> {
 }
 
 fn certs(args: &CertsArgs) -> anyhow::Result<bool> {
-    let g = crate::certs::generate(&args.dns)?;
+    let g = crate::tls::generate::generate(&args.dns)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
     write_file(&args.out.join("ca.crt"), &g.ca_pem, false)?;
@@ -169,24 +169,24 @@ fn certs(args: &CertsArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn check(args: &crate::check::CheckArgs, config: Option<&Path>) -> anyhow::Result<bool> {
+fn check(args: &crate::cluster::check::CheckArgs, config: Option<&Path>) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let findings = runtime.block_on(crate::check::run(args, config))?;
+    let findings = runtime.block_on(crate::cluster::check::run(args, config))?;
     let text = match args.output {
-        crate::check::Format::Table => crate::check::table(&findings),
-        crate::check::Format::Json => serde_json::to_string_pretty(&findings)? + "\n",
+        crate::cluster::check::Format::Table => crate::cluster::check::table(&findings),
+        crate::cluster::check::Format::Json => serde_json::to_string_pretty(&findings)? + "\n",
     };
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(findings.iter().all(|f| f.result.ok()))
 }
 
-fn rollout(args: &crate::rollout::RolloutArgs) -> anyhow::Result<bool> {
+fn rollout(args: &crate::cluster::rollout::RolloutArgs) -> anyhow::Result<bool> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    Ok(runtime.block_on(crate::rollout::run(args))?)
+    Ok(runtime.block_on(crate::cluster::rollout::run(args))?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<bool> {

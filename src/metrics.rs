@@ -7,9 +7,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::admission::Outcome;
-use crate::inject::Reason;
-use crate::tls::HandshakeFailure;
+use crate::engine::admission::Outcome;
+use crate::engine::inject::Reason;
+use crate::tls::store::HandshakeFailure;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -135,7 +135,7 @@ impl Metrics {
             "sidecar_injector_tls_auto_writes",
             format!(
                 "--tls-auto: Secret writes by the leader, by step ({}) and caBundle patches (bundle)",
-                crate::rotation::Change::ALL.map(|c| c.as_str()).join(", ")
+                crate::tls::rotation::Change::ALL.map(|c| c.as_str()).join(", ")
             ),
             rotations.clone(),
         );
@@ -231,7 +231,7 @@ impl Metrics {
     }
 
     /// The profiles of the config now served: exactly these series, each 1.
-    pub fn serving_profiles(&self, config: &crate::config::Config) {
+    pub fn serving_profiles(&self, config: &crate::engine::config::Config) {
         self.profiles.clear();
         for (profile, p) in &config.profiles {
             self.profiles
@@ -318,7 +318,7 @@ mod tests {
             .lines()
             .find(|l| l.starts_with("# HELP sidecar_injector_tls_auto_writes"))
             .unwrap_or_else(|| panic!("{text}"));
-        for step in crate::rotation::Change::ALL {
+        for step in crate::tls::rotation::Change::ALL {
             assert!(help.contains(step.as_str()), "{help}");
         }
     }

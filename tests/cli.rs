@@ -8,7 +8,7 @@ use common::*;
 use serde_json::Value;
 
 fn yaml_docs(text: &str) -> Vec<Value> {
-    sidecar_injector::yaml::read_documents(text).unwrap()
+    sidecar_injector::read_documents(text).unwrap()
 }
 
 #[test]

@@ -12,7 +12,7 @@ use common::*;
 use serde_json::Value;
 
 fn read_yaml(bytes: &[u8]) -> Vec<Value> {
-    sidecar_injector::yaml::read_documents(std::str::from_utf8(bytes).unwrap()).unwrap()
+    sidecar_injector::read_documents(std::str::from_utf8(bytes).unwrap()).unwrap()
 }
 
 fn kustomize(dir: &Path) -> Vec<Value> {
@@ -127,10 +127,10 @@ fn base_renders_and_validates_with_the_good_practices() {
         .any(|p| p["port"] == 443 && p["targetPort"] == "https"));
     assert!(ports.iter().any(|p| p["port"] == 9090));
     let cm = find(&objects, "ConfigMap")[0];
-    let embedded = std::fs::read_to_string(root().join("src/default-config.yaml")).unwrap();
     assert_eq!(
-        cm["data"]["config.yaml"], embedded,
-        "deploy config drifted from the default"
+        cm["data"]["config.yaml"],
+        sidecar_injector::DEFAULT_CONFIG_YAML,
+        "the ConfigMap is not the embedded default"
     );
 }
 
@@ -265,7 +265,7 @@ fn the_workload_webhook_is_called_only_for_workloads_with_our_key_on_their_own_m
         serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
         "spec": {"template": {"metadata": {"annotations": {"sidecar-injector.io/inject": "true"}}}}})
     };
-    for key in sidecar_injector::workload::POD_KEYS {
+    for key in sidecar_injector::POD_KEYS {
         for place in ["annotations", "labels"] {
             let meta = serde_json::json!({"name": "web", place: {key: "x"}});
             assert!(
@@ -550,7 +550,7 @@ fn selfsigned_overlay_fills_secret_and_ca_bundle() {
             .decode(text)
             .unwrap()
     };
-    sidecar_injector::tls::load_pair(&b64("tls.crt"), &b64("tls.key")).unwrap();
+    sidecar_injector::load_pair(&b64("tls.crt"), &b64("tls.key")).unwrap();
 }
 
 #[test]
@@ -847,8 +847,8 @@ fn alerts_and_dashboard_use_only_metrics_the_server_exports() {
     assert_eq!(find(&rendered, "ServiceMonitor").len(), 1);
 
     // Every series the server exports, as a scrape shows them (profiles served included).
-    let metrics = sidecar_injector::metrics::Metrics::new();
-    metrics.serving_profiles(&sidecar_injector::config::Config::embedded().unwrap());
+    let metrics = sidecar_injector::Metrics::new();
+    metrics.serving_profiles(&sidecar_injector::Config::embedded().unwrap());
     let exported: std::collections::BTreeSet<String> = metrics
         .encode()
         .lines()

@@ -465,7 +465,7 @@ fn reinvocation_with_a_second_injector_injects_once() {
     // also selects this namespace; the apiserver calls both, and each again (IfNeeded) when
     // the other changed the pod.
     let config = c.dir.join("second-config.yaml");
-    let default = std::fs::read_to_string(root().join("src/default-config.yaml")).unwrap();
+    let default = std::fs::read_to_string(root().join("deploy/base/config.yaml")).unwrap();
     std::fs::write(
         &config,
         default.replace("defaultProfiles: [default]", "defaultProfiles: [logging]"),
@@ -1062,7 +1062,7 @@ fn token_mount_off_args(c: &Cluster) -> Vec<String> {
     let out = root().join("target/e2e");
     std::fs::create_dir_all(&out).unwrap();
     let config = out.join("token-mount-off-config.yaml");
-    let yaml = std::fs::read_to_string(root().join("src/default-config.yaml")).unwrap();
+    let yaml = std::fs::read_to_string(root().join("deploy/base/config.yaml")).unwrap();
     let off = yaml.replace(
         "mountServiceAccountToken: true",
         "mountServiceAccountToken: false",

@@ -41,7 +41,7 @@ fn served_digests(c: &Cluster) -> Vec<(String, String)> {
         .iter()
         .map(|p| {
             let text = c.pod_metrics(p).unwrap_or_default();
-            let digest = sidecar_injector::rollout::served_digests(&text)
+            let digest = sidecar_injector::served_digests(&text)
                 .remove("default")
                 .unwrap_or_default();
             (p["metadata"]["name"].as_str().unwrap().to_string(), digest)

@@ -46,7 +46,7 @@ fn injected_sidecar(pod_security: Value) -> (Value, Value) {
         "inject: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let doc = sidecar_injector::yaml::read_documents(&String::from_utf8_lossy(&out.stdout))
+    let doc = sidecar_injector::read_documents(&String::from_utf8_lossy(&out.stdout))
         .unwrap()
         .remove(0);
     let sidecar = doc["spec"]["containers"]

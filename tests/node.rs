@@ -220,9 +220,7 @@ fn attach_ps_and_hup(ns: &str, run_as_user: Option<i64>, psa: &str) {
     n.namespace(ns, json!({PSA_ENFORCE: psa}));
     let text =
         std::fs::read_to_string(root().join("tests/fixtures/seed/example-2-pod.yaml")).unwrap();
-    let mut pod = sidecar_injector::yaml::read_documents(&text)
-        .unwrap()
-        .remove(0);
+    let mut pod = sidecar_injector::read_documents(&text).unwrap().remove(0);
     pod["metadata"]["namespace"] = json!(ns);
     if let Some(uid) = run_as_user {
         pod["spec"]["securityContext"] = json!({"runAsUser": uid});

@@ -9,9 +9,9 @@ use base64::Engine as _;
 use k8s_openapi::api::core::v1::Pod;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
-use sidecar_injector::admission::{review, Outcome};
-use sidecar_injector::config::Config;
-use sidecar_injector::inject::Policy;
+use sidecar_injector::Config;
+use sidecar_injector::Policy;
+use sidecar_injector::{review, Outcome};
 
 /// `orig` survives inside `new`: same scalars, objects keep their keys, arrays keep their
 /// elements in order (and may only grow at the end).
@@ -167,7 +167,7 @@ proptest! {
         let config = if token_option {
             Config::embedded().unwrap()
         } else {
-            let yaml = sidecar_injector::config::DEFAULT_CONFIG_YAML
+            let yaml = sidecar_injector::DEFAULT_CONFIG_YAML
                 .replace("mountServiceAccountToken: true", "mountServiceAccountToken: false");
             Config::from_yaml(&yaml, "mountServiceAccountToken: false").unwrap()
         };
@@ -220,7 +220,7 @@ proptest! {
     fn lean_view_agrees_with_the_typed_pod(pod in arb_pod()) {
         let typed: Pod = serde_json::from_value(pod.clone()).unwrap();
         let text = serde_json::to_string(&pod).unwrap();
-        let lean = sidecar_injector::pod::PodView::parse(&text).unwrap();
+        let lean = sidecar_injector::PodView::parse(&text).unwrap();
         let spec = lean.spec.as_ref().unwrap();
         let typed_spec = typed.spec.as_ref().unwrap();
         let names: Vec<&str> = spec.containers.iter().map(|c| c.name.as_ref()).collect();

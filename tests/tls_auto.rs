@@ -16,7 +16,7 @@ use common::cluster::{wait_for, Cluster};
 use common::creates::Creates;
 use common::server::{get_plain, Server};
 use serde_json::{json, Value};
-use sidecar_injector::rotation::{Material, Settings, SECRET_TYPE};
+use sidecar_injector::{Material, Settings, SECRET_TYPE};
 
 const NS: &str = "sidecar-injector";
 const SECRET: &str = "sidecar-injector-certs";

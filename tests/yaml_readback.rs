@@ -13,7 +13,7 @@ use common::*;
 use proptest::prelude::*;
 use regex::Regex;
 use serde_json::{json, Map, Value};
-use sidecar_injector::yaml::{read_documents, write_document};
+use sidecar_injector::{read_documents, write_document};
 
 /// go-yaml v2's booleans.
 const GO_YAML_BOOLS: [&str; 22] = [

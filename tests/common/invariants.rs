@@ -4,9 +4,9 @@
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
-use sidecar_injector::admission::review;
-use sidecar_injector::config::Config;
-use sidecar_injector::inject::Policy;
+use sidecar_injector::review;
+use sidecar_injector::Config;
+use sidecar_injector::Policy;
 
 /// The embedded config, loaded once.
 pub static CONFIG: std::sync::LazyLock<Config> =
@@ -92,7 +92,7 @@ pub fn assert_kubelet_starts_injected(pod: &Value) {
                 .and_then(|l| l.iter().find(|c| &c["name"] == name))
                 .expect("an injected container is in the pod");
             assert!(
-                sidecar_injector::podsecurity::kubelet_would_start(container, &spec["securityContext"]),
+                sidecar_injector::kubelet_would_start(container, &spec["securityContext"]),
                 "the kubelet would refuse to start injected container {name}: runAsNonRoot without a \
                  non-zero runAsUser"
             );
@@ -106,13 +106,13 @@ pub fn check_inject(data: &[u8], config: &Config) {
         return;
     };
     for policy in [Policy::Enabled, Policy::Disabled] {
-        let Ok(report) = sidecar_injector::manifest::inject(text, policy, config) else {
+        let Ok(report) = sidecar_injector::inject(text, policy, config) else {
             continue;
         };
         if !report.denials.is_empty() {
             continue;
         }
-        let again = sidecar_injector::manifest::inject(&report.output, policy, config)
+        let again = sidecar_injector::inject(&report.output, policy, config)
             .expect("our own output parses");
         assert!(again.denials.is_empty(), "{:?}", again.denials);
         assert_eq!(again.output, report.output, "inject is idempotent");

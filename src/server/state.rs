@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::config::Config;
-use crate::limits::Pools;
+use crate::engine::config::Config;
 use crate::metrics::Metrics;
+use crate::server::limits::Pools;
 
 /// What the handlers share.
 pub struct AppState {

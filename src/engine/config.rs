@@ -11,11 +11,11 @@ use k8s_openapi::api::core::v1::{Container, Volume, VolumeMount};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::podsecurity::{container_level, Level};
-use crate::yaml::YamlError;
+use crate::engine::podsecurity::{container_level, Level};
+use crate::text::yaml::YamlError;
 
 /// The configuration that applies when `--config` is not given.
-pub const DEFAULT_CONFIG_YAML: &str = include_str!("default-config.yaml");
+pub const DEFAULT_CONFIG_YAML: &str = include_str!("../../deploy/base/config.yaml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -212,7 +212,7 @@ impl Config {
 
     /// Parses and validates a config; `origin` names it in errors.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = crate::yaml::from_str(text).map_err(|e| match e {
+        let raw: RawConfig = crate::text::yaml::from_str(text).map_err(|e| match e {
             YamlError::Parse {
                 line,
                 column,

@@ -11,12 +11,12 @@ use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebho
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::admission::Outcome;
-use crate::config::Config;
-use crate::excerpt::{Escaped, Quoted};
-use crate::inject::{self, Marker, Policy, StatusNames, INJECT_KEY, STATUS_KEY};
-use crate::pod::PodView;
-use crate::selection::{select, Selection, Skip};
+use crate::engine::admission::Outcome;
+use crate::engine::config::Config;
+use crate::engine::inject::{self, Marker, Policy, StatusNames, INJECT_KEY, STATUS_KEY};
+use crate::engine::pod::PodView;
+use crate::engine::selection::{select, Selection, Skip};
+use crate::text::excerpt::{Escaped, Quoted};
 
 /// The ConfigMap that `deploy/` mounts as the server's config, in the webhook's namespace.
 pub const CONFIG_MAP: &str = "sidecar-injector-config";
@@ -102,7 +102,7 @@ pub struct Object<'a> {
 
 impl Object<'_> {
     fn name(&self) -> &str {
-        crate::manifest::display_name(self.doc)
+        crate::engine::manifest::display_name(self.doc)
     }
 
     fn label(&self) -> String {
@@ -113,7 +113,7 @@ impl Object<'_> {
 /// The pod a CREATE would carry: a Pod as it is, a workload's pod template as its controller
 /// would send it (namespace set, named after the workload).
 fn pod_of(object: &Object, namespace: &str) -> Result<Value, String> {
-    let pointer = crate::manifest::template_pointer(object.kind)
+    let pointer = crate::engine::manifest::template_pointer(object.kind)
         .ok_or_else(|| format!("{} is not a kind that has pods", object.kind))?;
     let mut pod = object
         .doc
@@ -155,14 +155,15 @@ fn hook_policy(hook: &MutatingWebhook) -> Result<Policy, String> {
     let segment = match path.strip_prefix("/mutate") {
         Some("") => None,
         Some(rest) => match rest.strip_prefix('/') {
-            Some(segment) => {
-                Some(crate::admission::path_policy_segment(segment).map_err(|e| e.to_string())?)
-            }
+            Some(segment) => Some(
+                crate::engine::admission::path_policy_segment(segment)
+                    .map_err(|e| e.to_string())?,
+            ),
             None => return Err(format!("its path {path:?} is not one of the server's")),
         },
         None => return Err(format!("its path {path:?} is not one of the server's")),
     };
-    crate::admission::policy_from_query(query, segment).map_err(|e| e.to_string())
+    crate::engine::admission::policy_from_query(query, segment).map_err(|e| e.to_string())
 }
 
 /// The names in a pod's container lists.
@@ -207,7 +208,8 @@ fn review(pod: &Value, namespace: &str, policy: Policy, config: &Config) -> Revi
             "object": pod,
         }
     });
-    let answer = match crate::admission::review(body.to_string().as_bytes(), policy, config) {
+    let answer = match crate::engine::admission::review(body.to_string().as_bytes(), policy, config)
+    {
         Ok(a) => a,
         Err(e) => {
             return Reviewed {
@@ -462,7 +464,7 @@ pub fn evaluate(
             .join("; ");
     }
     // Our keys on a workload's own metadata, where no pod sees them: the likely cause.
-    for misplaced in crate::workload::misplaced_in_manifest(object.kind, object.doc) {
+    for misplaced in crate::engine::workload::misplaced_in_manifest(object.kind, object.doc) {
         finding.message = format!("{}; {}", misplaced.hint(object.kind), finding.message);
     }
     finding
@@ -896,7 +898,8 @@ async fn live_objects(
 }
 
 fn from_manifest(text: &str, default_ns: &str) -> Result<Gathered, CheckError> {
-    let docs = crate::yaml::read_documents(text).map_err(|e| CheckError::Input(e.to_string()))?;
+    let docs =
+        crate::text::yaml::read_documents(text).map_err(|e| CheckError::Input(e.to_string()))?;
     let mut gathered = Gathered {
         objects: Vec::new(),
         declared: BTreeMap::new(),
@@ -1006,9 +1009,10 @@ async fn namespace(client: &kube::Client, name: &str) -> Result<Option<Namespace
 
 /// Checks what `args` names against the cluster; the findings, in order.
 pub async fn run(args: &CheckArgs, config_path: Option<&Path>) -> Result<Vec<Finding>, CheckError> {
-    let client = crate::kubeapi::connect(args.kubeconfig.as_deref(), args.context.as_deref())
-        .await
-        .map_err(CheckError::NoCluster)?;
+    let client =
+        crate::cluster::client::connect(args.kubeconfig.as_deref(), args.context.as_deref())
+            .await
+            .map_err(CheckError::NoCluster)?;
     let configurations: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
     let configuration = configurations
         .get_opt(&args.webhook_config)
@@ -1054,8 +1058,8 @@ mod tests {
 
     /// The configuration `deploy/` installs, as the apiserver stores it.
     fn deployed() -> MutatingWebhookConfiguration {
-        let text = include_str!("../deploy/base/mutatingwebhookconfiguration.yaml");
-        let doc = crate::yaml::read_documents(text).unwrap().remove(0);
+        let text = include_str!("../../deploy/base/mutatingwebhookconfiguration.yaml");
+        let doc = crate::text::yaml::read_documents(text).unwrap().remove(0);
         let mut c: MutatingWebhookConfiguration = serde_json::from_value(doc).unwrap();
         c.metadata.creation_timestamp =
             serde_json::from_value(json!("2026-11-25T12:00:00Z")).unwrap();
@@ -1093,7 +1097,7 @@ mod tests {
         let config = Config::embedded().unwrap();
         let mut live = pod(json!({INJECT_KEY: "true"}));
         let view = PodView::from_value(&live).unwrap();
-        let crate::inject::Decision::Inject { injection, .. } =
+        let crate::engine::inject::Decision::Inject { injection, .. } =
             inject::decide(&view, Policy::Disabled, &config)
         else {
             panic!("not injected")
@@ -1114,7 +1118,8 @@ mod tests {
         assert_eq!(f.message, "");
 
         // The profile's image changed since.
-        let yaml = crate::config::DEFAULT_CONFIG_YAML.replace("busybox:1.36", "busybox:1.37");
+        let yaml =
+            crate::engine::config::DEFAULT_CONFIG_YAML.replace("busybox:1.36", "busybox:1.37");
         let newer = Config::from_yaml(&yaml, "newer").unwrap();
         let f = pod_finding(&live, true, &newer);
         assert_eq!(verdict(&f), (Verdict::Stale, "profile-changed", None));

@@ -3,8 +3,8 @@
 //! count and log the same way, and keep `/readyz` and the expiry metric in step.
 
 use crate::metrics::ReloadKind;
-use crate::state::AppState;
-use crate::tls::{CertStore, Loaded};
+use crate::server::state::AppState;
+use crate::tls::store::{CertStore, Loaded};
 
 /// Whether a certificate is outside its validity period now: `Some("expired")` or
 /// `Some("not-yet-valid")`.
@@ -85,15 +85,15 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use crate::config::Config;
-    use crate::tls::load_pair;
+    use crate::engine::config::Config;
+    use crate::tls::store::load_pair;
 
     /// A self-signed serving pair for localhost, valid from `from` to `until` (from now).
     fn pair(from: time::Duration, until: time::Duration) -> Loaded {
         let now = time::OffsetDateTime::now_utc();
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params =
-            crate::certs::serving_params(&["localhost".into()], now, now + until).unwrap();
+            crate::tls::generate::serving_params(&["localhost".into()], now, now + until).unwrap();
         params.not_before = now + from;
         let cert = params.self_signed(&key).unwrap();
         load_pair(cert.pem().as_bytes(), key.serialize_pem().as_bytes()).unwrap()

@@ -14,10 +14,10 @@ use kube::core::admission::{META_API_VERSION_V1, META_KIND};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::config::Config;
-use crate::excerpt::{bounded, Quoted};
-use crate::inject::{decide, Decision, Policy, Reason};
-use crate::pod::{borrowed, Obj, PodView};
+use crate::engine::config::Config;
+use crate::engine::inject::{decide, Decision, Policy, Reason};
+use crate::engine::pod::{borrowed, Obj, PodView};
+use crate::text::excerpt::{bounded, Quoted};
 
 /// Largest body accepted; a larger one is answered 413.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -273,7 +273,7 @@ pub fn review_workload(body: &[u8]) -> Result<Answer, RequestError> {
         && req.sub_resource.as_deref().unwrap_or("").is_empty();
     let warnings = match req.object {
         Some(object) if writes_object => {
-            crate::workload::misplaced_keys(&gvk.group, &gvk.kind, object.get())
+            crate::engine::workload::misplaced_keys(&gvk.group, &gvk.kind, object.get())
                 .iter()
                 .map(|m| m.warning(&gvk.kind))
                 .collect()

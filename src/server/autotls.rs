@@ -24,10 +24,10 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
-use crate::duration::duration;
-use crate::rotation::{plan, Material, Settings, Step, Unusable, View, SECRET_TYPE};
-use crate::state::AppState;
-use crate::tls::CertStore;
+use crate::server::state::AppState;
+use crate::text::duration::duration;
+use crate::tls::rotation::{plan, Material, Settings, Step, Unusable, View, SECRET_TYPE};
+use crate::tls::store::CertStore;
 
 /// The field manager that owns the caBundle fields, and nothing else.
 pub const FIELD_MANAGER: &str = "sidecar-injector-tls-auto";
@@ -252,9 +252,9 @@ impl Shell {
             return;
         }
         let loaded =
-            crate::tls::load_pair(material.tls_crt.as_bytes(), material.tls_key.as_bytes())
+            crate::tls::store::load_pair(material.tls_crt.as_bytes(), material.tls_key.as_bytes())
                 .map_err(|e| e.to_string());
-        if crate::certificate::apply_cert(loaded, &self.state, &self.store) {
+        if crate::server::certificate::apply_cert(loaded, &self.state, &self.store) {
             tracing::info!(serial = %material.serial, "tls-auto: serving the certificate from the Secret");
             memory.served = Some(material.clone());
         }
@@ -292,9 +292,9 @@ impl Shell {
         let trusted = match (&memory.served, bundles) {
             (Some(m), Some(bundles)) => {
                 !bundles.is_empty()
-                    && bundles
-                        .iter()
-                        .all(|b| crate::tls::trusted_by(m.tls_crt.as_bytes(), b.as_bytes(), name))
+                    && bundles.iter().all(|b| {
+                        crate::tls::store::trusted_by(m.tls_crt.as_bytes(), b.as_bytes(), name)
+                    })
             }
             _ => false,
         };
@@ -630,7 +630,7 @@ pub async fn spawn(
     store: Arc<CertStore>,
     state: Arc<AppState>,
 ) -> Result<tokio::task::AbortHandle, AutoTlsError> {
-    let client = crate::kubeapi::connect(args.kubeconfig.as_deref(), None)
+    let client = crate::cluster::client::connect(args.kubeconfig.as_deref(), None)
         .await
         .map_err(AutoTlsError::NoCluster)?;
     let namespace = args

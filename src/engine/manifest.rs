@@ -4,10 +4,10 @@
 
 use serde_json::Value;
 
-use crate::config::Config;
-use crate::inject::{decide, Decision, Policy, StatusNames, STATUS_KEY};
-use crate::pod::PodView;
-use crate::yaml::{read_documents, write_document, YamlError};
+use crate::engine::config::Config;
+use crate::engine::inject::{decide, Decision, Policy, StatusNames, STATUS_KEY};
+use crate::engine::pod::PodView;
+use crate::text::yaml::{read_documents, write_document, YamlError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -91,7 +91,7 @@ fn process(doc: &mut Value, policy: Policy, config: &Config, report: &mut Report
     };
     let who = label(doc, &kind);
     // Our keys on the workload's own metadata, where no pod sees them: said beside the result.
-    let hints: Vec<String> = crate::workload::misplaced_in_manifest(&kind, doc)
+    let hints: Vec<String> = crate::engine::workload::misplaced_in_manifest(&kind, doc)
         .iter()
         .map(|m| format!("{who}: hint: {}", m.hint(&kind)))
         .collect();

@@ -1,6 +1,13 @@
 //! `serve`: the HTTPS webhook (axum on hyper, rustls), the plain-HTTP metrics listener,
 //! hot reloads and graceful shutdown.
 
+pub mod autotls;
+pub mod certificate;
+pub mod limits;
+pub mod logging;
+pub mod reload;
+pub mod state;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -26,22 +33,22 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
-use crate::admission::{
+use crate::engine::admission::{
     path_policy_segment, policy_from_query, review, review_workload, Answer, Outcome, RequestError,
     MAX_BODY_BYTES,
 };
-use crate::config::Config;
-use crate::duration::duration;
-use crate::excerpt::Escaped;
-use crate::inject::Policy;
-use crate::limits::{
+use crate::engine::config::Config;
+use crate::engine::inject::Policy;
+use crate::metrics::Metrics;
+use crate::server::limits::{
     BudgetedBody, DeadlineIo, Reservation, Tracked, Unsent, SMALL_REVIEW_BYTES, WORK_FACTOR,
 };
-use crate::logging::{self, LogFormat};
-use crate::metrics::Metrics;
-use crate::reload::{self, Sources};
-use crate::state::AppState;
-use crate::tls::{self, CertStore, HandshakeFailure, RateLimit};
+use crate::server::state::AppState;
+use crate::text::duration::duration;
+use crate::text::excerpt::Escaped;
+use crate::tls::store::{self as tls, CertStore, HandshakeFailure, RateLimit};
+use logging::LogFormat;
+use reload::Sources;
 
 /// A client that has not finished its TLS handshake or sent its request headers by then is
 /// dropped, so slow or silent clients cannot pile up.
@@ -150,7 +157,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub tls: TlsArgs,
     #[command(flatten)]
-    pub auto: crate::autotls::AutoTlsArgs,
+    pub auto: crate::server::autotls::AutoTlsArgs,
     #[command(flatten)]
     pub timing: TimingArgs,
 }
@@ -410,7 +417,7 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.is_ready(crate::certificate::unix_now()) {
+    if state.is_ready(crate::server::certificate::unix_now()) {
         "ok\n".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
@@ -536,7 +543,7 @@ fn load(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<Startu
     // --tls-auto serves the same throwaway pair until it has read its Secret: no caBundle
     // trusts it, so the replica is not ready meanwhile.
     let (cert_pem, key_pem, cert_source) = if args.dev || args.auto.tls_auto {
-        let (c, k) = crate::certs::dev_pair()?;
+        let (c, k) = crate::tls::generate::dev_pair()?;
         if args.dev {
             tracing::info!(
                 "dev mode: in-memory self-signed certificate for localhost and 127.0.0.1"
@@ -560,7 +567,7 @@ fn load(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<Startu
         Metrics::new(),
         args.timing.request_timeout,
     ));
-    crate::certificate::note_certificate(&loaded, &state);
+    crate::server::certificate::note_certificate(&loaded, &state);
     let store = Arc::new(CertStore::new(loaded.key));
     let client_ca = match &args.tls.client_ca {
         None => None,
@@ -831,7 +838,10 @@ async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()
     tracing::info!(addr = %probe_listener.local_addr()?, "probes listening");
 
     let tls_auto = if args.auto.tls_auto {
-        Some(crate::autotls::spawn(args.auto.clone(), startup.store.clone(), state.clone()).await?)
+        Some(
+            crate::server::autotls::spawn(args.auto.clone(), startup.store.clone(), state.clone())
+                .await?,
+        )
     } else {
         None
     };
@@ -896,7 +906,7 @@ mod tests {
         let err = guarded::<()>(|| panic!("a bug")).unwrap_err();
         assert_eq!(err, RequestError::Internal("a bug".into()));
         assert_eq!(err.http_status(), 500);
-        assert_eq!(err.reason(), crate::inject::Reason::InternalError);
+        assert_eq!(err.reason(), crate::engine::inject::Reason::InternalError);
         assert!(guarded(|| Ok(1)).is_ok());
         let series = r#"sidecar_injector_admission_requests_total{outcome="error",reason="internal-error"} 0"#;
         assert!(Metrics::new().encode().contains(series), "{series}");
@@ -938,7 +948,7 @@ mod tests {
             "metadata": {"annotations": {"sidecar-injector.io/inject": "true"},
                          "labels": {"sidecar-injector.io/profiles": "debug"}},
             "spec": {"template": {"metadata": {}}, "jobTemplate": {"spec": {"template": {}}}}});
-        for (group, kind) in crate::workload::WORKLOAD_KINDS {
+        for (group, kind) in crate::engine::workload::WORKLOAD_KINDS {
             for operation in ["CREATE", "UPDATE"] {
                 let body = workload_review(group, kind, operation, misplaced.clone());
                 let req = Request::post("/workloads").body(Body::from(body)).unwrap();

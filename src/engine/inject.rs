@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{Config, Named, Share, Sidecar};
-use crate::excerpt::Quoted;
-use crate::pod::{PodView, Spec, StrMap};
-use crate::podsecurity::Level;
+use crate::engine::config::{Config, Named, Share, Sidecar};
+use crate::engine::pod::{PodView, Spec, StrMap};
+use crate::engine::podsecurity::Level;
+use crate::text::excerpt::Quoted;
 
 pub const INJECT_KEY: &str = "sidecar-injector.io/inject";
 pub const PROFILES_KEY: &str = "sidecar-injector.io/profiles";
@@ -971,7 +971,7 @@ fn plan<'c>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::podsecurity::container_level;
+    use crate::engine::podsecurity::container_level;
     use serde_json::json;
 
     fn config() -> &'static Config {
@@ -1074,7 +1074,8 @@ mod tests {
             plain["digests"]
         );
         // A profile with another image is another version.
-        let yaml = crate::config::DEFAULT_CONFIG_YAML.replace("busybox:1.36", "busybox:1.37");
+        let yaml =
+            crate::engine::config::DEFAULT_CONFIG_YAML.replace("busybox:1.36", "busybox:1.37");
         let newer = Config::from_yaml(&yaml, "newer").unwrap();
         let other = &newer.profiles["default"].digest;
         assert_ne!(other, digest);
@@ -1487,7 +1488,7 @@ mod tests {
         let out = injected(&pod, Policy::Disabled);
         let sidecar = &out["spec"]["containers"][1];
         assert_eq!(container_level(sidecar).0, Level::Restricted);
-        assert!(crate::podsecurity::kubelet_would_start(
+        assert!(crate::engine::podsecurity::kubelet_would_start(
             sidecar,
             &out["spec"]["securityContext"]
         ));
@@ -1586,7 +1587,7 @@ mod tests {
     fn process_sharing_can_be_refused_by_the_config() {
         let yaml = std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/src/default-config.yaml"
+            "/deploy/base/config.yaml"
         ))
         .unwrap()
         .replace(
@@ -1637,7 +1638,7 @@ mod tests {
         let with_init = "defaultProfiles: [prep]\nmountServiceAccountToken: true\nprofiles:\n  \
                          prep:\n    initContainers: [{name: prepare, image: busybox}]\n    \
                          containers: [{name: sidecar, image: busybox}]\n";
-        for yaml in [crate::config::DEFAULT_CONFIG_YAML, with_init] {
+        for yaml in [crate::engine::config::DEFAULT_CONFIG_YAML, with_init] {
             let (on, off) = (
                 with_token_option(yaml, true),
                 with_token_option(yaml, false),
@@ -1659,7 +1660,7 @@ mod tests {
             }
         }
         // Nothing to mount: automounting off, no token volume, or one no app container mounts.
-        let on = with_token_option(crate::config::DEFAULT_CONFIG_YAML, true);
+        let on = with_token_option(crate::engine::config::DEFAULT_CONFIG_YAML, true);
         let mut off = pod_with_token(json!({}));
         off["spec"]["automountServiceAccountToken"] = json!(false);
         let mut no_volume = opted_in(json!({}));

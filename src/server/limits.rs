@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 
-use crate::admission::MAX_BODY_BYTES;
+use crate::engine::admission::MAX_BODY_BYTES;
 
 /// Reviews whose declared body is at most this size (every pod kube-apiserver sends in
 /// practice) draw on their own pools, so that large reviews can never starve them.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 
-use crate::inject::{
+use crate::engine::inject::{
     APP_MOUNT_PATH_KEY, INJECT_KEY, NATIVE_SIDECAR_KEY, PROFILES_KEY, SHARE_PROCESS_KEY,
 };
 
@@ -21,7 +21,9 @@ pub const POD_KEYS: [&str; 5] = [
     APP_MOUNT_PATH_KEY,
 ];
 
-/// The kinds checked, as (API group, kind): the SPEC's five.
+/// The kinds checked, as (API group, kind): the SPEC's five, for the tests that go over each
+/// (`template` below is what decides).
+#[cfg(test)]
 pub const WORKLOAD_KINDS: [(&str, &str); 5] = [
     ("apps", "Deployment"),
     ("apps", "StatefulSet"),

@@ -12,7 +12,7 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::excerpt::{bounded, Quoted};
+use crate::text::excerpt::{bounded, Quoted};
 
 /// A JSON object decoded as `T`. serde lets a struct be written as an array too; the Pod
 /// schema does not, and a patch into an array where an object belongs would not apply.

@@ -9,11 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::certificate::apply_cert;
-use crate::config::Config;
+use crate::engine::config::Config;
 use crate::metrics::ReloadKind;
-use crate::state::AppState;
-use crate::tls::{client_verifier, load_pair, CertStore, ClientCa, Loaded};
+use crate::server::certificate::apply_cert;
+use crate::server::state::AppState;
+use crate::tls::store::{client_verifier, load_pair, CertStore, ClientCa, Loaded};
 
 /// A set of files read together, remembered by content.
 struct Watch {

@@ -281,7 +281,7 @@ impl<W: Write + ?Sized> Write for EscapeJson<'_, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::excerpt::Escaped;
+    use crate::text::excerpt::Escaped;
     use std::io;
     use std::sync::{Arc, Mutex};
 

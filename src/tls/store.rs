@@ -360,8 +360,8 @@ mod tests {
 
     #[test]
     fn loads_a_generated_pair_and_rejects_a_mismatched_one() {
-        let a = crate::certs::generate(&["localhost".into()]).unwrap();
-        let b = crate::certs::generate(&["localhost".into()]).unwrap();
+        let a = crate::tls::generate::generate(&["localhost".into()]).unwrap();
+        let b = crate::tls::generate::generate(&["localhost".into()]).unwrap();
         let loaded = load_pair(a.cert_pem.as_bytes(), a.key_pem.as_bytes()).unwrap();
         assert!(loaded.not_after > 1_700_000_000);
         let err = load_pair(a.cert_pem.as_bytes(), b.key_pem.as_bytes())
@@ -376,7 +376,7 @@ mod tests {
 
     #[test]
     fn chain_with_intermediate_is_accepted() {
-        let a = crate::certs::generate(&["localhost".into()]).unwrap();
+        let a = crate::tls::generate::generate(&["localhost".into()]).unwrap();
         let chain = format!("{}{}", a.cert_pem, a.ca_pem);
         let loaded = load_pair(chain.as_bytes(), a.key_pem.as_bytes()).unwrap();
         assert_eq!(loaded.key.cert.len(), 2);

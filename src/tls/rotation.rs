@@ -14,7 +14,7 @@ use std::time::Duration;
 use rcgen::{CertifiedIssuer, Issuer, KeyPair};
 use time::OffsetDateTime;
 
-use crate::certs::{ca_params, serving_params, CertError};
+use crate::tls::generate::{ca_params, serving_params, CertError};
 
 /// The Secret's type: `tls.crt`/`tls.key` as every tool expects, plus our keys.
 pub const SECRET_TYPE: &str = "kubernetes.io/tls";
@@ -195,7 +195,7 @@ fn pem_text(der: &[u8]) -> String {
 
 /// Whether `key_pem` is the private key of `cert_pem`.
 fn key_matches(cert_pem: &str, key_pem: &str) -> bool {
-    crate::tls::load_pair(cert_pem.as_bytes(), key_pem.as_bytes()).is_ok()
+    crate::tls::store::load_pair(cert_pem.as_bytes(), key_pem.as_bytes()).is_ok()
 }
 
 fn signed_by(leaf_der: &[u8], ca_der: &[u8]) -> bool {

@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::{json, Value};
 
-use crate::inject::{StatusNames, STATUS_KEY};
+use crate::engine::inject::{StatusNames, STATUS_KEY};
 use crate::metrics::PROFILE_INFO;
 
 #[derive(clap::Args, Debug)]
@@ -31,7 +31,7 @@ pub struct RolloutArgs {
     pub dry_run: bool,
     /// How long each workload may take to become available (default: a Deployment's
     /// progressDeadlineSeconds, else 10m).
-    #[arg(long, value_parser = crate::duration::duration)]
+    #[arg(long, value_parser = crate::text::duration::duration)]
     pub timeout: Option<Duration>,
     /// The namespace the injector's replicas run in.
     #[arg(long, default_value = "sidecar-injector")]
@@ -164,9 +164,10 @@ enum Owner {
 }
 
 pub async fn run(args: &RolloutArgs) -> Result<bool, RolloutError> {
-    let client = crate::kubeapi::connect(args.kubeconfig.as_deref(), args.context.as_deref())
-        .await
-        .map_err(RolloutError::NoCluster)?;
+    let client =
+        crate::cluster::client::connect(args.kubeconfig.as_deref(), args.context.as_deref())
+            .await
+            .map_err(RolloutError::NoCluster)?;
     let current = replicas_digests(&client, &args.injector_namespace).await?;
     let namespace = args
         .namespace
@@ -198,11 +199,12 @@ pub async fn run(args: &RolloutArgs) -> Result<bool, RolloutError> {
             continue;
         };
         let status = StatusNames::parse(status);
-        let outdated: Vec<&str> =
-            crate::inject::outdated(&status.digests, |p| current.get(p).map(String::as_str))
-                .into_iter()
-                .map(|(profile, _)| profile)
-                .collect();
+        let outdated: Vec<&str> = crate::engine::inject::outdated(&status.digests, |p| {
+            current.get(p).map(String::as_str)
+        })
+        .into_iter()
+        .map(|(profile, _)| profile)
+        .collect();
         if outdated.is_empty() {
             continue;
         }
@@ -430,7 +432,7 @@ mod tests {
     #[test]
     fn the_metric_the_server_exports_is_the_one_read() {
         let metrics = crate::metrics::Metrics::new();
-        let config = crate::config::Config::embedded().unwrap();
+        let config = crate::engine::config::Config::embedded().unwrap();
         metrics.serving_profiles(&config);
         let d = served_digests(&metrics.encode());
         assert_eq!(d.len(), config.profiles.len());
