@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::engine::config::Config;
 use crate::engine::inject::Policy;
-use crate::server::ServeArgs;
+use crate::server::args::ServeArgs;
 
 #[derive(Parser, Debug)]
 #[command(
