@@ -1,11 +1,7 @@
-//! `check`: is each pod or workload injected (or would it be), and why, asked of the live
-//! cluster, read-only. `evaluate` is pure: the webhook configuration, the namespace's labels,
-//! the object and the injection config in, a `Finding` out. It selects webhooks as the
-//! apiserver does (`selection`) and asks the engine through the same `review` as the server.
-//! `run` is the shell: it reads those with the kube client.
+//! Pure: the webhook configuration, the namespace's labels, the object and the injection
+//! config in, a `Finding` out.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use serde::Serialize;
@@ -16,11 +12,8 @@ use crate::engine::config::Config;
 use crate::engine::inject::{self, Marker, Policy, StatusNames, INJECT_KEY, STATUS_KEY};
 use crate::engine::pod::PodView;
 use crate::engine::selection::{select, Selection, Skip};
-use crate::text::excerpt::{Escaped, Quoted};
+use crate::text::excerpt::Quoted;
 
-/// The ConfigMap that `deploy/` mounts as the server's config, in the webhook's namespace.
-pub const CONFIG_MAP: &str = "sidecar-injector-config";
-const CONFIG_MAP_KEY: &str = "config.yaml";
 /// The namespace label that deploy/'s configuration selects on (SPEC "Opting in and out").
 const NAMESPACE_LABEL: &str = "sidecar-injector.io/injection";
 /// Namespaces the deployed configuration never sends, whatever their labels.
@@ -48,7 +41,7 @@ impl Verdict {
         matches!(self, Verdict::Injected | Verdict::WouldInject)
     }
 
-    fn as_str(self) -> &'static str {
+    pub(super) fn as_str(self) -> &'static str {
         match self {
             Verdict::Injected => "injected",
             Verdict::WouldInject => "would-inject",
@@ -177,7 +170,7 @@ fn container_names(pod: &Value) -> Vec<String> {
 }
 
 /// The injector's namespace: that of the first webhook that calls a Service.
-fn service_namespace(configuration: &MutatingWebhookConfiguration) -> Option<&str> {
+pub(super) fn service_namespace(configuration: &MutatingWebhookConfiguration) -> Option<&str> {
     configuration.webhooks.iter().flatten().find_map(|h| {
         h.client_config
             .service
@@ -602,463 +595,15 @@ fn injectable(
     finding
 }
 
-/// Findings as the human table: one line each, the message last and unpadded.
-pub fn table(findings: &[Finding]) -> String {
-    let rows: Vec<[String; 6]> = std::iter::once(
-        [
-            "NAMESPACE",
-            "OBJECT",
-            "RESULT",
-            "REASON",
-            "WEBHOOK",
-            "DETAIL",
-        ]
-        .map(String::from),
-    )
-    .chain(findings.iter().map(|f| {
-        let mut detail = Vec::new();
-        if !f.profiles.is_empty() {
-            detail.push(format!("profiles {}", f.profiles.join(",")));
-        }
-        if !f.containers.is_empty() {
-            detail.push(format!("containers {}", f.containers.join(",")));
-        }
-        if !f.message.is_empty() {
-            detail.push(f.message.clone());
-        }
-        // Every cell but the verdict comes from the cluster: escaped for the terminal.
-        let shown = |text: &str| Escaped(text).to_string();
-        [
-            shown(&f.namespace),
-            shown(&f.object),
-            f.result.as_str().into(),
-            shown(&f.reason),
-            shown(f.webhook.as_deref().unwrap_or("-")),
-            shown(&detail.join("; ")),
-        ]
-    }))
-    .collect();
-    let mut widths = [0; 5];
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        for (w, cell) in widths.iter().zip(row) {
-            out.push_str(&format!("{cell:<w$}  "));
-        }
-        out.push_str(&row[5]);
-        out.push('\n');
-    }
-    out
-}
-
-#[derive(clap::Args, Debug)]
-pub struct CheckArgs {
-    /// What to check: pod/NAME, deployment/NAME (statefulset, daemonset, replicaset, job,
-    /// cronjob), namespace/NAME. None (and no -f): every pod and workload of the namespace.
-    #[arg(value_name = "KIND/NAME")]
-    pub targets: Vec<String>,
-    /// Check the pods and workloads of a manifest (YAML or JSON, multi-document) instead.
-    #[arg(short = 'f', long = "filename", value_name = "FILE")]
-    pub file: Option<PathBuf>,
-    /// The namespace (default: the kubeconfig context's).
-    #[arg(short = 'n', long)]
-    pub namespace: Option<String>,
-    /// Every pod and workload of every namespace (e.g. to find `stale` pods for an upgrade).
-    #[arg(short = 'A', long, conflicts_with_all = ["namespace", "file"])]
-    pub all_namespaces: bool,
-    /// The kubeconfig context to use (default: the current one).
-    #[arg(long)]
-    pub context: Option<String>,
-    /// A kubeconfig file (default: KUBECONFIG, ~/.kube/config, or the pod's service account).
-    #[arg(long, value_name = "PATH")]
-    pub kubeconfig: Option<PathBuf>,
-    /// The MutatingWebhookConfiguration that calls the injector.
-    #[arg(long, value_name = "NAME", default_value = "sidecar-injector")]
-    pub webhook_config: String,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "table")]
-    pub output: Format,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Table,
-    Json,
-}
-
-/// Why `check` could not answer (exit 2).
-#[derive(Debug, thiserror::Error)]
-pub enum CheckError {
-    #[error(
-        "no cluster to ask: {0}; set KUBECONFIG, pass --kubeconfig or --context, or run in a pod"
-    )]
-    NoCluster(String),
-    #[error("no MutatingWebhookConfiguration {0:?} is installed: the injector is not installed (kubectl apply -k deploy), or pass --webhook-config NAME")]
-    NotInstalled(String),
-    #[error("forbidden: this user may not {verb} {resource}{scope}; check reads only what deploy/rbac/check-reader.yaml grants")]
-    Forbidden {
-        verb: &'static str,
-        resource: String,
-        scope: String,
-    },
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Usage(String),
-    #[error("the cluster answered an error: {0}")]
-    Api(String),
-    #[error("{0}")]
-    Input(String),
-}
-
-/// The kinds `check` takes on the command line, and their API.
-fn resource(word: &str) -> Option<(&'static str, kube::api::ApiResource)> {
-    use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
-    use kube::api::ApiResource;
-    Some(match word.to_ascii_lowercase().as_str() {
-        "pod" | "pods" | "po" => ("Pod", ApiResource::erase::<core::Pod>(&())),
-        "deployment" | "deployments" | "deploy" => {
-            ("Deployment", ApiResource::erase::<apps::Deployment>(&()))
-        }
-        "statefulset" | "statefulsets" | "sts" => {
-            ("StatefulSet", ApiResource::erase::<apps::StatefulSet>(&()))
-        }
-        "daemonset" | "daemonsets" | "ds" => {
-            ("DaemonSet", ApiResource::erase::<apps::DaemonSet>(&()))
-        }
-        "replicaset" | "replicasets" | "rs" => {
-            ("ReplicaSet", ApiResource::erase::<apps::ReplicaSet>(&()))
-        }
-        "job" | "jobs" => ("Job", ApiResource::erase::<batch::Job>(&())),
-        "cronjob" | "cronjobs" | "cj" => ("CronJob", ApiResource::erase::<batch::CronJob>(&())),
-        _ => return None,
-    })
-}
-
-/// The kinds listed when a whole namespace is checked, in output order.
-const NAMESPACE_KINDS: [&str; 7] = [
-    "pod",
-    "deployment",
-    "statefulset",
-    "daemonset",
-    "replicaset",
-    "job",
-    "cronjob",
-];
-
-/// A kube error as the line a user needs: which permission is missing, what is not there.
-fn api_error(e: kube::Error, verb: &'static str, resource: &str, scope: &str) -> CheckError {
-    match e {
-        kube::Error::Api(status) if status.code == 403 => CheckError::Forbidden {
-            verb,
-            resource: resource.to_string(),
-            scope: scope.to_string(),
-        },
-        other => CheckError::Api(api_message(other)),
-    }
-}
-
-/// The apiserver's own message, without kube's debug dump of the Status.
-fn api_message(e: kube::Error) -> String {
-    match e {
-        kube::Error::Api(status) => status.message,
-        other => other.to_string(),
-    }
-}
-
-fn in_namespace(ns: &str) -> String {
-    if ns.is_empty() {
-        " in all namespaces".into()
-    } else {
-        format!(" in namespace {ns}")
-    }
-}
-
-/// The injection config the server uses: `--config` if given, else the deployed ConfigMap,
-/// else (with a warning) the embedded default.
-async fn injection_config(
-    client: &kube::Client,
-    path: Option<&Path>,
-    configuration: &MutatingWebhookConfiguration,
-) -> Result<Config, CheckError> {
-    if path.is_some() {
-        return Config::load(path).map_err(|e| CheckError::Input(e.to_string()));
-    }
-    let from_cluster = match service_namespace(configuration) {
-        Some(ns) => {
-            let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
-                kube::Api::namespaced(client.clone(), ns);
-            match api.get_opt(CONFIG_MAP).await {
-                Ok(Some(cm)) => cm
-                    .data
-                    .and_then(|d| d.get(CONFIG_MAP_KEY).cloned())
-                    .map(|text| (format!("configmap {ns}/{CONFIG_MAP}"), text))
-                    .ok_or_else(|| format!("configmap {ns}/{CONFIG_MAP} has no {CONFIG_MAP_KEY}")),
-                Ok(None) => Err(format!("configmap {ns}/{CONFIG_MAP} does not exist")),
-                Err(e) => Err(format!(
-                    "cannot read configmap {ns}/{CONFIG_MAP}: {}",
-                    api_message(e)
-                )),
-            }
-        }
-        None => Err("the webhooks name no service".into()),
-    };
-    match from_cluster {
-        Ok((origin, text)) => {
-            Config::from_yaml(&text, &origin).map_err(|e| CheckError::Input(e.to_string()))
-        }
-        Err(why) => {
-            eprintln!("sidecar-injector: warning: {why}; using the embedded default config (pass --config to name one)");
-            Config::embedded().map_err(|e| CheckError::Input(e.to_string()))
-        }
-    }
-}
-
-/// What to check, gathered: the objects and the namespaces they live in.
-struct Gathered {
-    /// (namespace, kind, document, live)
-    objects: Vec<(String, &'static str, Value, bool)>,
-    /// Namespaces declared in a manifest, by name.
-    declared: BTreeMap<String, Namespace>,
-}
-
-async fn live_objects(
-    client: &kube::Client,
-    namespace: &str,
-    kind: &str,
-    name: Option<&str>,
-) -> Result<Vec<(String, &'static str, Value, bool)>, CheckError> {
-    let (kind, ar) = resource(kind).ok_or_else(|| {
-        CheckError::Usage(format!(
-            "cannot check {kind:?}: it takes pod, deployment, statefulset, daemonset, replicaset, job, cronjob or namespace"
-        ))
-    })?;
-    let resource_name = match ar.group.as_str() {
-        "" => ar.plural.clone(),
-        group => format!("{}.{group}", ar.plural),
-    };
-    // An empty namespace: every namespace (`check -A`).
-    let api: kube::Api<kube::api::DynamicObject> = if namespace.is_empty() {
-        kube::Api::all_with(client.clone(), &ar)
-    } else {
-        kube::Api::namespaced_with(client.clone(), namespace, &ar)
-    };
-    let items = match name {
-        Some(name) => match api.get_opt(name).await {
-            Ok(Some(o)) => vec![o],
-            Ok(None) => {
-                return Err(CheckError::NotFound(format!(
-                    "{}/{name} not found in namespace {namespace}",
-                    kind.to_lowercase()
-                )))
-            }
-            Err(e) => {
-                return Err(api_error(
-                    e,
-                    "get",
-                    &resource_name,
-                    &in_namespace(namespace),
-                ))
-            }
-        },
-        None => api
-            .list(&Default::default())
-            .await
-            .map_err(|e| api_error(e, "list", &resource_name, &in_namespace(namespace)))?
-            .items
-            .into_iter()
-            // A workload run by another (a Deployment's ReplicaSets, a CronJob's Jobs) is
-            // covered by its owner's line; every pod gets its own.
-            .filter(|o| {
-                kind == "Pod"
-                    || !o
-                        .metadata
-                        .owner_references
-                        .iter()
-                        .flatten()
-                        .any(|r| r.controller == Some(true))
-            })
-            .collect(),
-    };
-    Ok(items
-        .into_iter()
-        .filter_map(|o| serde_json::to_value(o).ok())
-        .map(|doc| {
-            let ns = doc["metadata"]["namespace"]
-                .as_str()
-                .unwrap_or(namespace)
-                .to_string();
-            (ns, kind, doc, true)
-        })
-        .collect())
-}
-
-fn from_manifest(text: &str, default_ns: &str) -> Result<Gathered, CheckError> {
-    let docs =
-        crate::text::yaml::read_documents(text).map_err(|e| CheckError::Input(e.to_string()))?;
-    let mut gathered = Gathered {
-        objects: Vec::new(),
-        declared: BTreeMap::new(),
-    };
-    let mut stack: Vec<Value> = docs.into_iter().rev().collect();
-    while let Some(doc) = stack.pop() {
-        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
-        if kind == "List" {
-            let items = doc
-                .get("items")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            stack.extend(items.into_iter().rev());
-            continue;
-        }
-        if kind == "Namespace" {
-            if let Some(name) = doc.pointer("/metadata/name").and_then(Value::as_str) {
-                let mut ns = Namespace::named(name);
-                if let Some(labels) = doc.pointer("/metadata/labels").and_then(Value::as_object) {
-                    for (k, v) in labels {
-                        ns.labels
-                            .insert(k.clone(), v.as_str().unwrap_or_default().into());
-                    }
-                }
-                gathered.declared.insert(name.into(), ns);
-            }
-            continue;
-        }
-        let Some((kind, _)) = resource(kind).filter(|(k, _)| *k == kind) else {
-            continue;
-        };
-        let ns = doc
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or(default_ns)
-            .to_string();
-        gathered.objects.push((ns, kind, doc, false));
-    }
-    Ok(gathered)
-}
-
-async fn gather(
-    client: &kube::Client,
-    args: &CheckArgs,
-    default_ns: &str,
-) -> Result<Gathered, CheckError> {
-    if let Some(file) = &args.file {
-        let text = match file.as_os_str().to_str() {
-            Some("-") => std::io::read_to_string(std::io::stdin()),
-            _ => std::fs::read_to_string(file),
-        }
-        .map_err(|e| CheckError::Input(format!("cannot read {}: {e}", file.display())))?;
-        return from_manifest(&text, default_ns);
-    }
-    let mut objects = Vec::new();
-    let whole = |ns: String| NAMESPACE_KINDS.map(|k| (ns.clone(), k.to_string(), None));
-    let mut wanted: Vec<(String, String, Option<String>)> = Vec::new();
-    if args.all_namespaces {
-        if !args.targets.is_empty() {
-            return Err(CheckError::Usage(
-                "-A checks every pod and workload: it takes no KIND/NAME".into(),
-            ));
-        }
-        wanted.extend(whole(String::new()));
-    } else if args.targets.is_empty() {
-        wanted.extend(whole(default_ns.into()));
-    }
-    for target in &args.targets {
-        let (kind, name) = target
-            .split_once('/')
-            .filter(|(k, n)| !k.is_empty() && !n.is_empty())
-            .ok_or_else(|| {
-                CheckError::Usage(format!(
-                    "{target:?} is not KIND/NAME (e.g. pod/web, deployment/api, namespace/demo)"
-                ))
-            })?;
-        if matches!(
-            kind.to_ascii_lowercase().as_str(),
-            "namespace" | "namespaces" | "ns"
-        ) {
-            wanted.extend(whole(name.into()));
-        } else {
-            wanted.push((default_ns.into(), kind.into(), Some(name.into())));
-        }
-    }
-    for (ns, kind, name) in wanted {
-        objects.extend(live_objects(client, &ns, &kind, name.as_deref()).await?);
-    }
-    Ok(Gathered {
-        objects,
-        declared: BTreeMap::new(),
-    })
-}
-
-async fn namespace(client: &kube::Client, name: &str) -> Result<Option<Namespace>, CheckError> {
-    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
-    let found = api
-        .get_opt(name)
-        .await
-        .map_err(|e| api_error(e, "get", "namespaces", " (cluster-wide)"))?;
-    Ok(found.map(|ns| Namespace {
-        name: name.into(),
-        labels: ns.metadata.labels.unwrap_or_default(),
-    }))
-}
-
-/// Checks what `args` names against the cluster; the findings, in order.
-pub async fn run(args: &CheckArgs, config_path: Option<&Path>) -> Result<Vec<Finding>, CheckError> {
-    let client =
-        crate::cluster::client::connect(args.kubeconfig.as_deref(), args.context.as_deref())
-            .await
-            .map_err(CheckError::NoCluster)?;
-    let configurations: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(client.clone());
-    let configuration = configurations
-        .get_opt(&args.webhook_config)
-        .await
-        .map_err(|e| {
-            api_error(
-                e,
-                "get",
-                "mutatingwebhookconfigurations.admissionregistration.k8s.io",
-                " (cluster-wide)",
-            )
-        })?
-        .ok_or_else(|| CheckError::NotInstalled(args.webhook_config.clone()))?;
-    let config = injection_config(&client, config_path, &configuration).await?;
-    let default_ns = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_string());
-    let gathered = gather(&client, args, &default_ns).await?;
-    let mut namespaces = gathered.declared;
-    let mut findings = Vec::new();
-    for (ns, kind, doc, live) in &gathered.objects {
-        if !namespaces.contains_key(ns) {
-            let found = namespace(&client, ns).await?;
-            if found.is_none() {
-                eprintln!("sidecar-injector: warning: namespace {ns} does not exist; checked as if created without labels");
-            }
-            namespaces.insert(ns.clone(), found.unwrap_or_else(|| Namespace::named(ns)));
-        }
-        let object = Object {
-            kind,
-            doc,
-            live: *live,
-        };
-        findings.push(evaluate(&configuration, &namespaces[ns], &object, &config));
-    }
-    Ok(findings)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::check::read::from_manifest;
+    use crate::cluster::check::render::table;
 
     /// The configuration `deploy/` installs, as the apiserver stores it.
     fn deployed() -> MutatingWebhookConfiguration {
-        let text = include_str!("../../deploy/base/mutatingwebhookconfiguration.yaml");
+        let text = include_str!("../../../deploy/base/mutatingwebhookconfiguration.yaml");
         let doc = crate::text::yaml::read_documents(text).unwrap().remove(0);
         let mut c: MutatingWebhookConfiguration = serde_json::from_value(doc).unwrap();
         c.metadata.creation_timestamp =
@@ -1332,9 +877,9 @@ mod tests {
         let text = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: fresh\n  labels:\n    sidecar-injector.io/injection: enabled\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  namespace: fresh\nspec:\n  containers: [{name: a, image: x}]\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\n";
         let g = from_manifest(text, "default").unwrap();
         assert_eq!(g.objects.len(), 1);
-        assert_eq!(g.objects[0].0, "fresh");
+        assert_eq!(g.objects[0].namespace, "fresh");
         let declared = &g.declared["fresh"];
-        let f = check(declared, "Pod", &g.objects[0].2, false);
+        let f = check(declared, "Pod", &g.objects[0].doc, false);
         assert_eq!(
             verdict(&f),
             (Verdict::WouldInject, "namespace-enabled", NS_HOOK)
