@@ -362,98 +362,104 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
             return Err(format!("defaultProfiles: unknown profile {name:?}"));
         }
     }
-    // One definition per name across all profiles, so that profiles combine unambiguously:
-    // identical definitions are shared, different ones would be a silent surprise.
-    let mut seen: BTreeMap<(&'static str, String), (String, Value)> = BTreeMap::new();
-    let mut check_unique =
-        |kind: &'static str, name: &str, profile: &str, json: &Value| -> Result<(), String> {
-            match seen.get(&(kind, name.to_string())) {
-                Some((other, prev)) if prev != json => Err(format!(
-                    "{kind} {name:?} is defined differently in profiles {other:?} and {profile:?}"
-                )),
-                Some(_) => Ok(()),
-                None => {
-                    seen.insert(
-                        (kind, name.to_string()),
-                        (profile.to_string(), json.clone()),
-                    );
-                    Ok(())
-                }
-            }
-        };
-
+    let mut definitions = Definitions::default();
     let mut profiles = BTreeMap::new();
     let mut warnings = Vec::new();
-    for (pname, p) in raw.profiles {
-        if pname.is_empty() || pname.contains(',') || pname.trim() != pname {
+    for (name, raw) in raw.profiles {
+        if name.is_empty() || name.contains(',') || name.trim() != name {
             return Err(format!(
-                "profiles: invalid profile name {pname:?} (no commas, no surrounding spaces)"
+                "profiles: invalid profile name {name:?} (no commas, no surrounding spaces)"
             ));
         }
-        let at = |what: &str| format!("profiles.{pname}.{what}");
-        let mut names = BTreeSet::new();
-        let mut volumes = Vec::new();
-        for v in &p.volumes {
-            if v.name.is_empty() {
-                return Err(format!("{}: a volume has no name", at("volumes")));
-            }
-            if !names.insert(("volume", v.name.clone())) {
-                return Err(format!(
-                    "{}: volume {:?} is repeated",
-                    at("volumes"),
-                    v.name
-                ));
-            }
-            let json = to_json(&at("volumes"), v)?;
-            check_unique("volume", &v.name, &pname, &json)?;
-            volumes.push(Named {
-                name: v.name.clone(),
-                text: json.to_string(),
-            });
+        let profile = ProfileCompiler {
+            name: &name,
+            definitions: &mut definitions,
+            names: BTreeSet::new(),
+            warnings: &mut warnings,
         }
+        .compile(&raw)?;
+        profiles.insert(name, profile);
+    }
+    Ok(Config {
+        default_profiles: raw.default_profiles,
+        native_sidecars: raw.native_sidecars,
+        mount_service_account_token: raw.mount_service_account_token,
+        allow_process_sharing: raw.allow_process_sharing,
+        profiles,
+        warnings,
+    })
+}
+
+/// Every definition seen so far across all profiles, by kind and name: one definition per
+/// name, so that profiles combine unambiguously (identical definitions are shared, different
+/// ones would be a silent surprise).
+#[derive(Default)]
+struct Definitions {
+    seen: BTreeMap<(&'static str, String), Definition>,
+}
+
+/// Where a name was first defined, and as what.
+struct Definition {
+    profile: String,
+    json: Value,
+}
+
+impl Definitions {
+    fn add(
+        &mut self,
+        kind: &'static str,
+        name: &str,
+        profile: &str,
+        json: &Value,
+    ) -> Result<(), String> {
+        match self.seen.get(&(kind, name.to_string())) {
+            Some(first) if first.json != *json => Err(format!(
+                "{kind} {name:?} is defined differently in profiles {:?} and {profile:?}",
+                first.profile
+            )),
+            Some(_) => Ok(()),
+            None => {
+                let first = Definition {
+                    profile: profile.to_string(),
+                    json: json.clone(),
+                };
+                self.seen.insert((kind, name.to_string()), first);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One profile's checks and compilation.
+struct ProfileCompiler<'a> {
+    name: &'a str,
+    definitions: &'a mut Definitions,
+    /// The profile's own volume and container names: each once.
+    names: BTreeSet<(&'static str, String)>,
+    warnings: &'a mut Vec<String>,
+}
+
+impl ProfileCompiler<'_> {
+    fn at(&self, what: &str) -> String {
+        format!("profiles.{}.{what}", self.name)
+    }
+
+    fn compile(mut self, raw: &RawProfile) -> Result<Profile, String> {
+        let volumes = self.volumes(&raw.volumes)?;
         let mut containers = Vec::new();
         let mut init_containers = Vec::new();
         let mut configured = Vec::new();
         // Each container under the list it is in: moving one to initContainers is a change.
         let mut listed = Vec::new();
         for (field, list) in [
-            ("containers", &p.containers),
-            ("initContainers", &p.init_containers),
+            ("containers", &raw.containers),
+            ("initContainers", &raw.init_containers),
         ] {
             for c in list {
-                if c.name.is_empty() {
-                    return Err(format!("{}: a container has no name", at(field)));
-                }
-                if c.image.as_deref().unwrap_or("").is_empty() {
-                    return Err(format!(
-                        "{}: container {:?} has no image",
-                        at(field),
-                        c.name
-                    ));
-                }
-                if !names.insert(("container", c.name.clone())) {
-                    return Err(format!(
-                        "{}: container {:?} is repeated in the profile",
-                        at(field),
-                        c.name
-                    ));
-                }
-                let json = to_json(&at(field), c)?;
-                check_unique("container", &c.name, &pname, &json)?;
+                let json = self.container(field, c)?;
                 configured.push(json.clone());
                 listed.push(serde_json::json!({ field: &json }));
                 let name = c.name.clone();
-                let (level, why) = container_level(&json);
-                if level > Level::Restricted {
-                    warnings.push(format!(
-                        "{}: container {name:?} is not admissible under Pod Security \"restricted\" \
-                         on its own (needs \"{}\": {}): pods it is injected into are refused in \
-                         restricted namespaces",
-                        at(field),
-                        level.as_str(),
-                        why.join(", ")
-                    ));
-                }
                 if field == "containers" {
                     containers.push(sidecar(name, &json));
                 } else {
@@ -464,48 +470,96 @@ fn compile(raw: RawConfig) -> Result<Config, String> {
                 }
             }
         }
-        let mut app_volume_mounts = Vec::new();
-        for m in &p.app_volume_mounts {
+        let app_volume_mounts = self.app_mounts(&raw.app_volume_mounts)?;
+        let definition = serde_json::json!({
+            "volumes": volumes.iter().map(|v| &v.text).collect::<Vec<_>>(),
+            "containers": listed,
+            "appVolumeMounts": app_volume_mounts.iter().map(|m| &m.json).collect::<Vec<_>>(),
+        });
+        Ok(Profile {
+            volumes,
+            containers,
+            init_containers,
+            app_volume_mounts,
+            digest: digest(&definition),
+            configured,
+        })
+    }
+
+    fn volumes(&mut self, raw: &[Volume]) -> Result<Vec<Named>, String> {
+        let at = self.at("volumes");
+        let mut volumes = Vec::new();
+        for v in raw {
+            if v.name.is_empty() {
+                return Err(format!("{at}: a volume has no name"));
+            }
+            if !self.names.insert(("volume", v.name.clone())) {
+                return Err(format!("{at}: volume {:?} is repeated", v.name));
+            }
+            let json = to_json(&at, v)?;
+            self.definitions.add("volume", &v.name, self.name, &json)?;
+            volumes.push(Named {
+                name: v.name.clone(),
+                text: json.to_string(),
+            });
+        }
+        Ok(volumes)
+    }
+
+    /// A container of `field` (`containers` or `initContainers`), checked, as JSON; a
+    /// warning when Pod Security "restricted" would refuse it.
+    fn container(&mut self, field: &str, c: &Container) -> Result<Value, String> {
+        let at = self.at(field);
+        if c.name.is_empty() {
+            return Err(format!("{at}: a container has no name"));
+        }
+        if c.image.as_deref().unwrap_or("").is_empty() {
+            return Err(format!("{at}: container {:?} has no image", c.name));
+        }
+        if !self.names.insert(("container", c.name.clone())) {
+            return Err(format!(
+                "{at}: container {:?} is repeated in the profile",
+                c.name
+            ));
+        }
+        let json = to_json(&at, c)?;
+        self.definitions
+            .add("container", &c.name, self.name, &json)?;
+        let (level, why) = container_level(&json);
+        if level > Level::Restricted {
+            self.warnings.push(format!(
+                "{at}: container {:?} is not admissible under Pod Security \"restricted\" \
+                 on its own (needs \"{}\": {}): pods it is injected into are refused in \
+                 restricted namespaces",
+                c.name,
+                level.as_str(),
+                why.join(", ")
+            ));
+        }
+        Ok(json)
+    }
+
+    fn app_mounts(&mut self, raw: &[VolumeMount]) -> Result<Vec<AppMount>, String> {
+        let at = self.at("appVolumeMounts");
+        let mut mounts = Vec::new();
+        for m in raw {
             if m.name.is_empty() || !m.mount_path.starts_with('/') {
                 return Err(format!(
-                    "{}: each mount needs a name and an absolute mountPath",
-                    at("appVolumeMounts")
+                    "{at}: each mount needs a name and an absolute mountPath"
                 ));
             }
-            let json = to_json(&at("appVolumeMounts"), m)?;
-            check_unique("app mount path", &m.mount_path, &pname, &json)?;
-            app_volume_mounts.push(AppMount {
+            let json = to_json(&at, m)?;
+            self.definitions
+                .add("app mount path", &m.mount_path, self.name, &json)?;
+            mounts.push(AppMount {
                 name: m.name.clone(),
                 mount_path: m.mount_path.clone(),
                 text: json.to_string(),
                 json,
             });
         }
-        let definition = serde_json::json!({
-            "volumes": volumes.iter().map(|v| &v.text).collect::<Vec<_>>(),
-            "containers": listed,
-            "appVolumeMounts": app_volume_mounts.iter().map(|m| &m.json).collect::<Vec<_>>(),
-        });
-        profiles.insert(
-            pname,
-            Profile {
-                volumes,
-                containers,
-                init_containers,
-                app_volume_mounts,
-                digest: digest(&definition),
-                configured,
-            },
-        );
+        Ok(mounts)
     }
-    Ok(Config {
-        default_profiles: raw.default_profiles,
-        native_sidecars: raw.native_sidecars,
-        mount_service_account_token: raw.mount_service_account_token,
-        allow_process_sharing: raw.allow_process_sharing,
-        profiles,
-        warnings,
-    })
 }
 
 #[cfg(test)]
