@@ -344,7 +344,7 @@ pub fn evaluate(
     object: &Object,
     config: &Config,
 ) -> Finding {
-    let mut finding = Finding {
+    let finding = Finding {
         namespace: namespace.name.clone(),
         object: object.label(),
         result: Verdict::NotInjected,
@@ -356,63 +356,35 @@ pub fn evaluate(
     };
     let pod = match pod_of(object, &namespace.name) {
         Ok(pod) => pod,
-        Err(e) => {
-            finding.result = Verdict::Denied;
-            finding.reason = "bad-object".into();
-            finding.message = e;
-            return finding;
-        }
+        Err(e) => return denied(finding, "bad-object".into(), e, None),
     };
     if let Some(injected) = marker(&pod) {
-        finding.result = Verdict::Injected;
-        finding.reason = "already-injected".into();
-        if object.live && object.kind == "Pod" {
-            if injected.digests.is_empty() {
-                finding.message = "injected before profile digests were recorded: its version \
-                                   is unknown"
-                    .into();
-            } else if let Some(changes) = stale(&pod, &injected.digests, config) {
-                finding.result = Verdict::Stale;
-                finding.reason = "profile-changed".into();
-                finding.message = format!(
-                    "{changes}; `sidecar-injector rollout --stale` (or `kubectl rollout restart` \
-                     its workload) gives it the current sidecars"
-                );
-            }
-        }
-        finding.profiles = injected.profiles;
-        finding.containers = injected.containers;
-        return finding;
+        return already_injected(finding, injected, object, &pod, config);
     }
     let config_name = configuration.metadata.name.as_deref().unwrap_or_default();
     let hooks = configuration.webhooks.as_deref().unwrap_or_default();
     let service_ns = service_namespace(configuration);
-    let mut skips: Vec<(u8, &'static str, String)> = Vec::new();
+    let mut skips: Vec<Skipped> = Vec::new();
     let mut unchanged: Option<(String, Reviewed)> = None;
     for hook in hooks {
         let id = format!("{config_name}/{}", hook.name);
         match select(hook, &namespace.labels, &pod) {
             Selection::Skip(skip) => {
                 let (reason, message) = explain(&skip, &id, namespace, service_ns, &pod);
-                skips.push((skip.stage(), reason, message));
+                skips.push(Skipped {
+                    stage: skip.stage(),
+                    reason,
+                    message,
+                });
             }
             Selection::Reject(e) => {
-                finding.result = Verdict::Denied;
-                finding.reason = "match-condition-error".into();
-                finding.message = format!("{e}; failurePolicy Fail rejects the create");
-                finding.webhook = Some(id);
-                return finding;
+                let message = format!("{e}; failurePolicy Fail rejects the create");
+                return denied(finding, "match-condition-error".into(), message, Some(id));
             }
             Selection::Call => {
                 let policy = match hook_policy(hook) {
                     Ok(p) => p,
-                    Err(e) => {
-                        finding.result = Verdict::Denied;
-                        finding.reason = "bad-request".into();
-                        finding.message = e;
-                        finding.webhook = Some(id);
-                        return finding;
-                    }
+                    Err(e) => return denied(finding, "bad-request".into(), e, Some(id)),
                 };
                 let reviewed = review(&pod, &namespace.name, policy, config);
                 match reviewed.outcome {
@@ -420,11 +392,7 @@ pub fn evaluate(
                         return injectable(finding, object, &pod, configuration, id, reviewed)
                     }
                     Outcome::Denied | Outcome::Error => {
-                        finding.result = Verdict::Denied;
-                        finding.reason = reviewed.reason;
-                        finding.message = reviewed.message;
-                        finding.webhook = Some(id);
-                        return finding;
+                        return denied(finding, reviewed.reason, reviewed.message, Some(id))
                     }
                     // The apiserver goes on to the next webhook.
                     Outcome::Skipped => {
@@ -434,6 +402,72 @@ pub fn evaluate(
             }
         }
     }
+    let mut finding = not_injected(finding, config_name, unchanged, skips);
+    // Our keys on a workload's own metadata, where no pod sees them: the likely cause.
+    for misplaced in crate::engine::workload::misplaced_in_manifest(object.kind, object.doc) {
+        finding.message = format!("{}; {}", misplaced.hint(object.kind), finding.message);
+    }
+    finding
+}
+
+/// A webhook the apiserver would not call, and why.
+struct Skipped {
+    /// How far the apiserver got with it (`Skip::stage`).
+    stage: u8,
+    reason: &'static str,
+    message: String,
+}
+
+fn denied(
+    mut finding: Finding,
+    reason: String,
+    message: String,
+    webhook: Option<String>,
+) -> Finding {
+    finding.result = Verdict::Denied;
+    finding.reason = reason;
+    finding.message = message;
+    finding.webhook = webhook;
+    finding
+}
+
+/// A pod that carries our status: injected, and for a live pod, whether its sidecars are
+/// still the config's.
+fn already_injected(
+    mut finding: Finding,
+    injected: Injected,
+    object: &Object,
+    pod: &Value,
+    config: &Config,
+) -> Finding {
+    finding.result = Verdict::Injected;
+    finding.reason = "already-injected".into();
+    if object.live && object.kind == "Pod" {
+        if injected.digests.is_empty() {
+            finding.message =
+                "injected before profile digests were recorded: its version is unknown".into();
+        } else if let Some(changes) = stale(pod, &injected.digests, config) {
+            finding.result = Verdict::Stale;
+            finding.reason = "profile-changed".into();
+            finding.message = format!(
+                "{changes}; `sidecar-injector rollout --stale` (or `kubectl rollout restart` \
+                 its workload) gives it the current sidecars"
+            );
+        }
+    }
+    finding.profiles = injected.profiles;
+    finding.containers = injected.containers;
+    finding
+}
+
+/// No webhook injects: the first that left it unchanged says why, else the webhooks the
+/// apiserver would skip.
+fn not_injected(
+    mut finding: Finding,
+    config_name: &str,
+    unchanged: Option<(String, Reviewed)>,
+    mut skips: Vec<Skipped>,
+) -> Finding {
     if let Some((id, reviewed)) = unchanged {
         finding.reason = reviewed.reason;
         finding.message = format!("{id} leaves it unchanged");
@@ -444,21 +478,17 @@ pub fn evaluate(
     } else {
         // A webhook whose rules do not cover pods (the workload-warning one) says nothing
         // about a pod when another webhook does.
-        if skips.iter().any(|(stage, ..)| *stage != RULES_STAGE) {
-            skips.retain(|(stage, ..)| *stage != RULES_STAGE);
+        if skips.iter().any(|s| s.stage != RULES_STAGE) {
+            skips.retain(|s| s.stage != RULES_STAGE);
         }
         // The webhook the apiserver got furthest with explains best; the others follow.
-        skips.sort_by_key(|(stage, ..)| std::cmp::Reverse(*stage));
-        finding.reason = skips[0].1.into();
+        skips.sort_by_key(|s| std::cmp::Reverse(s.stage));
+        finding.reason = skips[0].reason.into();
         finding.message = skips
             .iter()
-            .map(|(.., m)| m.as_str())
+            .map(|s| s.message.as_str())
             .collect::<Vec<_>>()
             .join("; ");
-    }
-    // Our keys on a workload's own metadata, where no pod sees them: the likely cause.
-    for misplaced in crate::engine::workload::misplaced_in_manifest(object.kind, object.doc) {
-        finding.message = format!("{}; {}", misplaced.hint(object.kind), finding.message);
     }
     finding
 }
