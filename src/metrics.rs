@@ -113,87 +113,101 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        // 25 us .. ~0.8 s: the review itself is tens of microseconds.
-        let duration = Histogram::new(exponential_buckets(0.000025, 2.0, 16));
-        let reloads = Family::<ReloadLabels, Counter>::default();
-        let cert_expiry = Gauge::default();
-        let handshake_failures = Family::<HandshakeLabels, Counter>::default();
-        let invalid_certificates = Family::<ValidityLabels, Counter>::default();
-        let rotations = Family::<StepLabels, Counter>::default();
-        let api_failures = Family::<TargetLabels, Counter>::default();
-        let leader = Gauge::default();
-        let profiles = Family::<ProfileLabels, Gauge>::default();
-        registry.register(
+        let mut metrics = Metrics {
+            registry: Registry::default(),
+            requests: Family::default(),
+            // 25 us .. ~0.8 s: the review itself is tens of microseconds.
+            duration: Histogram::new(exponential_buckets(0.000025, 2.0, 16)),
+            reloads: Family::default(),
+            cert_expiry: Gauge::default(),
+            handshake_failures: Family::default(),
+            invalid_certificates: Family::default(),
+            rotations: Family::default(),
+            api_failures: Family::default(),
+            leader: Gauge::default(),
+            profiles: Family::default(),
+        };
+        metrics.register();
+        metrics.precreate();
+        metrics
+    }
+
+    /// Every series' name and help, in one table.
+    fn register(&mut self) {
+        self.registry.register(
             PROFILE_INFO,
             "1 for each profile of the config this replica serves, with its digest (the one a pod \
              injected now records in its status annotation)",
-            profiles.clone(),
+            self.profiles.clone(),
         );
-        registry.register(
+        self.registry.register(
             "sidecar_injector_tls_auto_writes",
             format!(
                 "--tls-auto: Secret writes by the leader, by step ({}) and caBundle patches (bundle)",
                 crate::tls::rotation::Change::ALL.map(|c| c.as_str()).join(", ")
             ),
-            rotations.clone(),
+            self.rotations.clone(),
         );
-        registry.register(
+        self.registry.register(
             "sidecar_injector_tls_auto_api_failures",
             "--tls-auto: failed API calls (reads and writes), by target (secret, configuration, cabundle, lease)",
-            api_failures.clone(),
+            self.api_failures.clone(),
         );
-        registry.register(
+        self.registry.register(
             "sidecar_injector_tls_auto_leader",
             "--tls-auto: 1 while this replica holds the Lease and manages the certificate",
-            leader.clone(),
+            self.leader.clone(),
         );
-        registry.register(
+        self.registry.register(
             "sidecar_injector_certificate_out_of_validity_loads",
             "Serving certificates loaded (at start or reload) outside their validity period",
-            invalid_certificates.clone(),
+            self.invalid_certificates.clone(),
         );
+        self.registry.register(
+            "sidecar_injector_tls_handshake_failures",
+            "TLS handshakes on the webhook port that failed, by reason",
+            self.handshake_failures.clone(),
+        );
+        self.registry.register(
+            "sidecar_injector_admission_requests",
+            "Admission requests answered, by outcome and reason",
+            self.requests.clone(),
+        );
+        self.registry.register(
+            "sidecar_injector_admission_duration_seconds",
+            "Time from request start to answer, body read included",
+            self.duration.clone(),
+        );
+        self.registry.register(
+            "sidecar_injector_reloads",
+            "Certificate and config reloads, by kind and result",
+            self.reloads.clone(),
+        );
+        self.registry.register(
+            "sidecar_injector_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving certificate in use, as a Unix time",
+            self.cert_expiry.clone(),
+        );
+    }
+
+    /// Each labelled series that can ever count starts at 0, so a rate over it exists from
+    /// the start.
+    fn precreate(&self) {
         for state in ["expired", "not-yet-valid"] {
-            invalid_certificates
+            self.invalid_certificates
                 .get_or_create(&ValidityLabels { state })
                 .inc_by(0);
         }
-        registry.register(
-            "sidecar_injector_tls_handshake_failures",
-            "TLS handshakes on the webhook port that failed, by reason",
-            handshake_failures.clone(),
-        );
         for reason in HandshakeFailure::ALL {
-            handshake_failures
+            self.handshake_failures
                 .get_or_create(&HandshakeLabels {
                     reason: reason.as_str(),
                 })
                 .inc_by(0);
         }
-        registry.register(
-            "sidecar_injector_admission_requests",
-            "Admission requests answered, by outcome and reason",
-            requests.clone(),
-        );
-        registry.register(
-            "sidecar_injector_admission_duration_seconds",
-            "Time from request start to answer, body read included",
-            duration.clone(),
-        );
-        registry.register(
-            "sidecar_injector_reloads",
-            "Certificate and config reloads, by kind and result",
-            reloads.clone(),
-        );
-        registry.register(
-            "sidecar_injector_certificate_expiry_timestamp_seconds",
-            "notAfter of the serving certificate in use, as a Unix time",
-            cert_expiry.clone(),
-        );
         for reason in Reason::ALL {
             for outcome in outcomes_of(reason) {
-                requests
+                self.requests
                     .get_or_create(&RequestLabels {
                         outcome: outcome.as_str(),
                         reason: reason.as_str(),
@@ -207,26 +221,13 @@ impl Metrics {
             ReloadKind::Config,
         ] {
             for result in ["success", "failure"] {
-                reloads
+                self.reloads
                     .get_or_create(&ReloadLabels {
                         kind: kind.as_str(),
                         result,
                     })
                     .inc_by(0);
             }
-        }
-        Metrics {
-            registry,
-            requests,
-            duration,
-            reloads,
-            cert_expiry,
-            handshake_failures,
-            invalid_certificates,
-            rotations,
-            api_failures,
-            leader,
-            profiles,
         }
     }
 
