@@ -164,6 +164,23 @@ struct Observed {
     annotations: Option<BTreeMap<String, String>>,
 }
 
+/// How long `key` has stayed what `since` last saw (zero when it changed, or is `None`).
+fn settled(since: &mut Option<(String, Instant)>, key: Option<String>) -> Duration {
+    match key {
+        Some(key) => match since {
+            Some((k, at)) if *k == key => at.elapsed(),
+            _ => {
+                *since = Some((key, Instant::now()));
+                Duration::ZERO
+            }
+        },
+        None => {
+            *since = None;
+            Duration::ZERO
+        }
+    }
+}
+
 fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
@@ -325,27 +342,8 @@ impl Shell {
         let duration = self.args.lease_duration;
         let stamp = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let report = serial.map(|s| format!("{s} {}", now().unix_timestamp()));
-        let Some(mut lease) = self.leases.get_opt(name).await? else {
-            let mut lease = Lease::default();
-            lease.metadata.name = Some(name.clone());
-            lease.metadata.annotations =
-                report.map(|r| BTreeMap::from([(report_key(&self.identity), r)]));
-            lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
-                holder_identity: Some(self.identity.clone()),
-                lease_duration_seconds: Some(duration.as_secs() as i32),
-                acquire_time: Some(stamp.clone()),
-                renew_time: Some(stamp),
-                lease_transitions: Some(0),
-                ..Default::default()
-            });
-            return match self.leases.create(&PostParams::default(), &lease).await {
-                Ok(_) => {
-                    memory.renewed = Some(Instant::now());
-                    Ok(Some(self.live_reports(&lease)))
-                }
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
-                Err(e) => Err(e),
-            };
+        let Some(lease) = self.leases.get_opt(name).await? else {
+            return self.create_lease(memory, report, stamp).await;
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().unwrap_or_default();
@@ -358,38 +356,7 @@ impl Shell {
         let mine = holder == self.identity;
         let expired = holder.is_empty() || changed_at.elapsed() > duration;
         if mine || expired {
-            let annotations = lease.metadata.annotations.get_or_insert_with(BTreeMap::new);
-            // Replicas come and go with every rollout: the holder drops reports gone stale, so
-            // the Lease never grows toward the annotation size limit.
-            tidy_reports(annotations, now().unix_timestamp(), duration);
-            if let Some(r) = report {
-                annotations.insert(report_key(&self.identity), r);
-            }
-            let spec = lease.spec.get_or_insert_with(Default::default);
-            if !mine {
-                tracing::info!(previous = %holder, "tls-auto: taking over the Lease");
-                spec.holder_identity = Some(self.identity.clone());
-                spec.acquire_time = Some(stamp.clone());
-                spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-            }
-            spec.renew_time = Some(stamp);
-            spec.lease_duration_seconds = Some(duration.as_secs() as i32);
-            // resourceVersion from the read: a concurrent writer makes this fail (409).
-            return match self
-                .leases
-                .replace(name, &PostParams::default(), &lease)
-                .await
-            {
-                Ok(_) => {
-                    memory.renewed = Some(Instant::now());
-                    Ok(Some(self.live_reports(&lease)))
-                }
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    let held = mine && memory.renewed.is_some_and(|r| r.elapsed() < duration);
-                    Ok(held.then(|| self.live_reports(&lease)))
-                }
-                Err(e) => Err(e),
-            };
+            return self.hold_lease(memory, lease, report, stamp, mine).await;
         }
         if let Some(r) = report {
             let patch = json!({"metadata": {"annotations": {report_key(&self.identity): r}}});
@@ -398,6 +365,81 @@ impl Shell {
                 .await?;
         }
         Ok(None)
+    }
+
+    /// The first replica makes the Lease, holding it.
+    async fn create_lease(
+        &self,
+        memory: &mut Memory,
+        report: Option<String>,
+        stamp: MicroTime,
+    ) -> kube::Result<Option<Vec<String>>> {
+        let mut lease = Lease::default();
+        lease.metadata.name = Some(self.args.tls_auto_lease.clone());
+        lease.metadata.annotations =
+            report.map(|r| BTreeMap::from([(report_key(&self.identity), r)]));
+        lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.args.lease_duration.as_secs() as i32),
+            acquire_time: Some(stamp.clone()),
+            renew_time: Some(stamp),
+            lease_transitions: Some(0),
+            ..Default::default()
+        });
+        match self.leases.create(&PostParams::default(), &lease).await {
+            Ok(_) => {
+                memory.renewed = Some(Instant::now());
+                Ok(Some(self.live_reports(&lease)))
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Renews the Lease this replica holds (`mine`), or takes over an expired one.
+    async fn hold_lease(
+        &self,
+        memory: &mut Memory,
+        mut lease: Lease,
+        report: Option<String>,
+        stamp: MicroTime,
+        mine: bool,
+    ) -> kube::Result<Option<Vec<String>>> {
+        let duration = self.args.lease_duration;
+        let annotations = lease.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        // Replicas come and go with every rollout: the holder drops reports gone stale, so
+        // the Lease never grows toward the annotation size limit.
+        tidy_reports(annotations, now().unix_timestamp(), duration);
+        if let Some(r) = report {
+            annotations.insert(report_key(&self.identity), r);
+        }
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if !mine {
+            let previous = spec.holder_identity.clone().unwrap_or_default();
+            tracing::info!(%previous, "tls-auto: taking over the Lease");
+            spec.holder_identity = Some(self.identity.clone());
+            spec.acquire_time = Some(stamp.clone());
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        }
+        spec.renew_time = Some(stamp);
+        spec.lease_duration_seconds = Some(duration.as_secs() as i32);
+        // resourceVersion from the read: a concurrent writer makes this fail (409).
+        let name = &self.args.tls_auto_lease;
+        match self
+            .leases
+            .replace(name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => {
+                memory.renewed = Some(Instant::now());
+                Ok(Some(self.live_reports(&lease)))
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let held = mine && memory.renewed.is_some_and(|r| r.elapsed() < duration);
+                Ok(held.then(|| self.live_reports(&lease)))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Every live replica's report on `lease` (the serial of the certificate it serves).
@@ -486,6 +528,27 @@ impl Shell {
         Ok(())
     }
 
+    /// Reconciles on every wake-up (a watch event) or tick, until aborted at shutdown.
+    async fn run(self, tick: Duration) {
+        let mut memory = Memory::default();
+        loop {
+            let again = match self.reconcile(&mut memory).await {
+                Ok(again) => again,
+                Err((target, error)) => {
+                    tracing::warn!(target, %error, "tls-auto: API call failed; retrying");
+                    self.state.metrics.tls_auto_api_failed(target);
+                    false
+                }
+            };
+            if !again {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(tick) => {}
+                }
+            }
+        }
+    }
+
     /// One look at the cluster and at most one write. Whether to look again at once.
     async fn reconcile(&self, memory: &mut Memory) -> Result<bool, (&'static str, kube::Error)> {
         let observed = self.read_secret().await.map_err(|e| ("secret", e))?;
@@ -529,19 +592,6 @@ impl Shell {
         };
 
         let wanted = observed.material.as_ref().ok().map(Material::bundle);
-        let settled = |since: &mut Option<(String, Instant)>, key: Option<String>| match key {
-            Some(key) => match since {
-                Some((k, at)) if *k == key => at.elapsed(),
-                _ => {
-                    *since = Some((key, Instant::now()));
-                    Duration::ZERO
-                }
-            },
-            None => {
-                *since = None;
-                Duration::ZERO
-            }
-        };
         let bundle_ok = wanted
             .clone()
             .filter(|w| bundles.is_some_and(|b| !b.is_empty() && b.iter().all(|x| x == w)));
@@ -562,19 +612,28 @@ impl Shell {
             bundle_settled,
             serving_settled,
         };
-        let step = match plan(&view, &self.settings) {
-            Ok(step) => step,
+        match plan(&view, &self.settings) {
+            Ok(step) => self.take(step, &observed, configuration).await,
             Err(error) => {
                 tracing::error!(%error, "tls-auto: cannot generate a certificate");
-                return Ok(false);
+                Ok(false)
             }
-        };
+        }
+    }
+
+    /// Takes the leader's next step; whether it wrote anything.
+    async fn take(
+        &self,
+        step: Step,
+        observed: &Observed,
+        configuration: Option<Configuration>,
+    ) -> Result<bool, (&'static str, kube::Error)> {
         match step {
             Step::Write(material, change) => {
                 if let Err(unusable) = &observed.material {
                     tracing::warn!(secret = %self.args.tls_auto_secret, problem = %unusable, action = change.describe(), "tls-auto: the Secret is not usable");
                 }
-                self.write_secret(&observed, &material)
+                self.write_secret(observed, &material)
                     .await
                     .map_err(|e| ("secret", e))?;
                 tracing::info!(secret = %self.args.tls_auto_secret, step = change.describe(), serial = %material.serial, cas = material.cas.len(), "tls-auto: wrote the Secret");
@@ -637,30 +696,8 @@ pub async fn spawn(
         .tls_auto_namespace
         .clone()
         .unwrap_or_else(|| client.default_namespace().to_string());
-    let identity = args
-        .tls_auto_identity
-        .clone()
-        .or_else(|| std::env::var("POD_NAME").ok())
-        .or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .ok()
-                .map(|h| h.trim().to_string())
-        })
-        .unwrap_or_else(|| format!("pid-{}", std::process::id()));
-    let service = &args.tls_auto_service;
-    let settings = Settings {
-        dns: vec![
-            format!("{service}.{namespace}.svc"),
-            format!("{service}.{namespace}"),
-            format!("{service}.{namespace}.svc.cluster.local"),
-            service.clone(),
-        ],
-        ca_validity: args.ca_validity,
-        ca_renew_before: args.ca_renew_before,
-        cert_validity: args.cert_validity,
-        cert_renew_before: args.cert_renew_before,
-        grace: args.rotation_grace,
-    };
+    let identity = identity(&args);
+    let settings = settings(&args, &namespace);
     settings.check().map_err(AutoTlsError::Settings)?;
     state.set_trusted(false);
     let wake = Arc::new(Notify::new());
@@ -690,26 +727,39 @@ pub async fn spawn(
     let tick = (shell.args.lease_duration / 3)
         .min(shell.args.rotation_grace / 4)
         .clamp(Duration::from_millis(200), Duration::from_secs(5));
-    let task = tokio::spawn(async move {
-        let mut memory = Memory::default();
-        loop {
-            let again = match shell.reconcile(&mut memory).await {
-                Ok(again) => again,
-                Err((target, error)) => {
-                    tracing::warn!(target, %error, "tls-auto: API call failed; retrying");
-                    shell.state.metrics.tls_auto_api_failed(target);
-                    false
-                }
-            };
-            if !again {
-                tokio::select! {
-                    _ = shell.wake.notified() => {}
-                    _ = tokio::time::sleep(tick) => {}
-                }
-            }
-        }
-    });
+    let task = tokio::spawn(shell.run(tick));
     Ok(task.abort_handle())
+}
+
+/// This replica's name on the Lease: the flag, else the pod's name, else the host's.
+fn identity(args: &AutoTlsArgs) -> String {
+    args.tls_auto_identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| format!("pid-{}", std::process::id()))
+}
+
+/// What the rotation plan issues: the Service's DNS names and the flags' periods.
+fn settings(args: &AutoTlsArgs, namespace: &str) -> Settings {
+    let service = &args.tls_auto_service;
+    Settings {
+        dns: vec![
+            format!("{service}.{namespace}.svc"),
+            format!("{service}.{namespace}"),
+            format!("{service}.{namespace}.svc.cluster.local"),
+            service.clone(),
+        ],
+        ca_validity: args.ca_validity,
+        ca_renew_before: args.ca_renew_before,
+        cert_validity: args.cert_validity,
+        cert_renew_before: args.cert_renew_before,
+        grace: args.rotation_grace,
+    }
 }
 
 #[cfg(test)]
