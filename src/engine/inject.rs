@@ -907,6 +907,18 @@ fn build_patch<'c>(
         .into_iter()
         .collect();
 
+    ops.push(status_op(pod, options, add));
+    Injection {
+        ops,
+        warnings,
+        profiles: options.profiles.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// The status annotation's op: what was injected, so that a reinvocation, `check` and
+/// `rollout --stale` can tell.
+fn status_op<'c>(pod: &PodView<'_>, options: &Options<'_>, add: &Additions<'c, '_>) -> AddOp<'c> {
+    let native = options.native;
     let names = |list: &[&'c Named]| list.iter().map(|n| n.name.as_str()).collect::<Vec<_>>();
     let sidecar_names = || add.sidecars.iter().map(|c| c.name.as_str());
     let status = to_json_text(&Status {
@@ -936,15 +948,9 @@ fn build_patch<'c>(
         }
         Some(_) => (STATUS_PATH, status),
     };
-    ops.push(AddOp {
+    AddOp {
         path: path.into(),
         value: Cow::Owned(value),
-    });
-
-    Injection {
-        ops,
-        warnings,
-        profiles: options.profiles.iter().map(|s| s.to_string()).collect(),
     }
 }
 
