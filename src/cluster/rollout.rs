@@ -169,69 +169,7 @@ pub async fn run(args: &RolloutArgs) -> Result<bool, RolloutError> {
             .await
             .map_err(RolloutError::NoCluster)?;
     let current = replicas_digests(&client, &args.injector_namespace).await?;
-    let namespace = args
-        .namespace
-        .clone()
-        .unwrap_or_else(|| client.default_namespace().to_string());
-    let pods: kube::Api<Pod> = if args.all_namespaces {
-        kube::Api::all(client.clone())
-    } else {
-        kube::Api::namespaced(client.clone(), &namespace)
-    };
-    let pods = pods
-        .list(&ListParams::default())
-        .await
-        .map_err(api("list pods"))?;
-    let mut restart: BTreeMap<Workload, usize> = BTreeMap::new();
-    let mut owners: BTreeMap<String, Owner> = BTreeMap::new();
-    // Terminating pods are on their way out, whatever they run.
-    for pod in pods
-        .items
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-    {
-        let Some(status) = pod
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(STATUS_KEY))
-        else {
-            continue;
-        };
-        let status = StatusNames::parse(status);
-        let outdated: Vec<&str> = crate::engine::inject::outdated(&status.digests, |p| {
-            current.get(p).map(String::as_str)
-        })
-        .into_iter()
-        .map(|(profile, _)| profile)
-        .collect();
-        if outdated.is_empty() {
-            continue;
-        }
-        let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let controller = pod
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .find(|r| r.controller == Some(true));
-        // A Deployment's pods share a ReplicaSet: read it once, by the controller's uid.
-        let found = match controller.and_then(|r| owners.get(&r.uid)) {
-            Some(known) => known.clone(),
-            None => owner(&client, &ns, controller).await?,
-        };
-        if let Some(r) = controller {
-            owners.insert(r.uid.clone(), found.clone());
-        }
-        match found {
-            Owner::Restart(w) => *restart.entry(w).or_default() += 1,
-            Owner::Leave(why) => println!(
-                "left pod/{ns}/{name} (stale: {}): {why}",
-                outdated.join(",")
-            ),
-        }
-    }
+    let restart = stale_workloads(&client, args, &current).await?;
     if restart.is_empty() {
         println!("no workload runs stale sidecars");
     }
@@ -262,6 +200,82 @@ pub async fn run(args: &RolloutArgs) -> Result<bool, RolloutError> {
         }
     }
     Ok(true)
+}
+
+/// The workloads whose pods run outdated profiles, with how many such pods each; the pods
+/// no workload can restart are listed and left alone.
+async fn stale_workloads(
+    client: &kube::Client,
+    args: &RolloutArgs,
+    current: &BTreeMap<String, String>,
+) -> Result<BTreeMap<Workload, usize>, RolloutError> {
+    let pods: kube::Api<Pod> = if args.all_namespaces {
+        kube::Api::all(client.clone())
+    } else {
+        let namespace = args
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        kube::Api::namespaced(client.clone(), &namespace)
+    };
+    let pods = pods
+        .list(&ListParams::default())
+        .await
+        .map_err(api("list pods"))?;
+    let mut restart: BTreeMap<Workload, usize> = BTreeMap::new();
+    let mut owners: BTreeMap<String, Owner> = BTreeMap::new();
+    // Terminating pods are on their way out, whatever they run.
+    for pod in pods
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        let outdated = outdated_profiles(pod, current);
+        if outdated.is_empty() {
+            continue;
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let controller = pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|r| r.controller == Some(true));
+        // A Deployment's pods share a ReplicaSet: read it once, by the controller's uid.
+        let found = match controller.and_then(|r| owners.get(&r.uid)) {
+            Some(known) => known.clone(),
+            None => owner(client, &ns, controller).await?,
+        };
+        if let Some(r) = controller {
+            owners.insert(r.uid.clone(), found.clone());
+        }
+        match found {
+            Owner::Restart(w) => *restart.entry(w).or_default() += 1,
+            Owner::Leave(why) => println!(
+                "left pod/{ns}/{name} (stale: {}): {why}",
+                outdated.join(",")
+            ),
+        }
+    }
+    Ok(restart)
+}
+
+/// The profiles of a pod's status whose digest is not the one served now.
+fn outdated_profiles(pod: &Pod, current: &BTreeMap<String, String>) -> Vec<String> {
+    let Some(status) = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(STATUS_KEY))
+    else {
+        return Vec::new();
+    };
+    let status = StatusNames::parse(status);
+    crate::engine::inject::outdated(&status.digests, |p| current.get(p).map(String::as_str))
+        .into_iter()
+        .map(|(profile, _)| profile.to_string())
+        .collect()
 }
 
 /// The digests every Ready replica serves, which must agree.
