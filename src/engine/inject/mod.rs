@@ -1,6 +1,17 @@
 //! The injection engine: given a Pod, the policy and the config, decide whether to inject,
 //! leave the pod unchanged or deny it, and build the minimal JSON patch. Pure: no I/O.
 
+mod additions;
+mod options;
+mod patch;
+mod status;
+
+use additions::{check_clashes, check_conflicts, check_size, select_profiles, Additions};
+use options::{parse_bool, read_options, Options};
+use patch::{build_patch, token_volume};
+use status::status_op;
+pub use status::{marker, outdated, Marker, StatusNames, FORGED_STATUS_WARNING};
+
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
@@ -18,9 +29,6 @@ pub const SHARE_PROCESS_KEY: &str = "sidecar-injector.io/share-process-namespace
 pub const NATIVE_SIDECAR_KEY: &str = "sidecar-injector.io/native-sidecar";
 pub const APP_MOUNT_PATH_KEY: &str = "sidecar-injector.io/app-mount-path";
 pub const STATUS_KEY: &str = "sidecar-injector.io/status";
-
-/// The app mount whose path `app-mount-path` moves.
-const SHARED_VOLUME: &str = "shared-data";
 
 fn root_share_warning(level: Level) -> String {
     format!(
@@ -226,131 +234,6 @@ impl Decision<'_> {
     }
 }
 
-fn parse_bool(source: &str, key: &str, value: &str) -> Result<bool, String> {
-    if value.eq_ignore_ascii_case("true") {
-        Ok(true)
-    } else if value.eq_ignore_ascii_case("false") {
-        Ok(false)
-    } else {
-        Err(format!(
-            "{source} {key}: invalid value {}: it takes \"true\" or \"false\"",
-            Quoted(value)
-        ))
-    }
-}
-
-/// The most names a profile list may hold, and the longest it may be: a pod asks for a few
-/// profiles, and the caps keep the list's check (and its repeats) bounded work.
-pub const MAX_PROFILE_NAMES: usize = 32;
-pub const MAX_PROFILES_BYTES: usize = 1024;
-
-/// Profile names in order, each once; `Err` for an empty list, an empty name, or a list over
-/// the caps (checked before any name is compared, so a huge list costs one scan).
-fn parse_profiles(value: &str) -> Result<Vec<&str>, String> {
-    let count = value.bytes().filter(|&b| b == b',').count() + 1;
-    if value.len() > MAX_PROFILES_BYTES || count > MAX_PROFILE_NAMES {
-        return Err(format!(
-            "annotation {PROFILES_KEY}: {count} names in {} bytes: it takes at most \
-             {MAX_PROFILE_NAMES} profile names in at most {MAX_PROFILES_BYTES} bytes",
-            value.len()
-        ));
-    }
-    let mut names: Vec<&str> = Vec::with_capacity(count);
-    for name in value.split(',').map(str::trim) {
-        if name.is_empty() {
-            return Err(format!(
-                "annotation {PROFILES_KEY}: invalid value {}: it takes a comma-separated \
-                 list of profile names, none of them empty",
-                Quoted(value)
-            ));
-        }
-        // At most MAX_PROFILE_NAMES, so the linear look-up stays small.
-        if !names.contains(&name) {
-            names.push(name);
-        }
-    }
-    Ok(names)
-}
-
-fn check_mount_path(value: &str) -> Result<&str, String> {
-    if value.starts_with('/') && !value.split('/').any(|seg| seg == "..") {
-        Ok(value)
-    } else {
-        Err(format!(
-            "annotation {APP_MOUNT_PATH_KEY}: invalid value {}: it takes an absolute path \
-             with no \"..\" segment",
-            Quoted(value)
-        ))
-    }
-}
-
-/// Paths compare equal whatever their trailing slashes (`/app/` mounts where `/app` does).
-fn same_path(a: &str, b: &str) -> bool {
-    fn trim(p: &str) -> &str {
-        match p.trim_end_matches('/') {
-            "" => "/",
-            t => t,
-        }
-    }
-    trim(a) == trim(b)
-}
-
-/// `sidecar-injector.io/status` as a JSON-pointer token (`/` escaped as `~1`, RFC 6901).
-const STATUS_PATH: &str = "/metadata/annotations/sidecar-injector.io~1status";
-
-fn json_array<'c>(items: impl IntoIterator<Item = Cow<'c, str>>) -> String {
-    let mut out = String::from("[");
-    for (i, item) in items.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&item);
-    }
-    out.push(']');
-    out
-}
-
-/// Appends `items` to the array at `base`: one add of the whole array when the pod has none,
-/// else one `/-` add per item, so nothing the pod has is replaced or reordered.
-fn append_all<'c>(ops: &mut Vec<AddOp<'c>>, base: &str, exists: bool, items: Vec<Cow<'c, str>>) {
-    if items.is_empty() {
-        return;
-    }
-    if exists {
-        for value in items {
-            ops.push(AddOp {
-                path: format!("{base}/-"),
-                value,
-            });
-        }
-    } else {
-        ops.push(AddOp {
-            path: base.to_string(),
-            value: Cow::Owned(json_array(items)),
-        });
-    }
-}
-
-/// The value of the status annotation: what was injected.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Status<'a> {
-    profiles: &'a [&'a str],
-    containers: Vec<&'a str>,
-    init_containers: Vec<&'a str>,
-    volumes: Vec<&'a str>,
-    digests: &'a BTreeMap<&'a str, &'a str>,
-}
-
-fn to_json_text<T: Serialize>(value: &T) -> String {
-    // Strings and string lists always serialize.
-    serde_json::to_string(value).unwrap_or_default()
-}
-
-fn clash_message(what: &str) -> String {
-    format!("{what}; rename it, or opt this pod out with annotation {INJECT_KEY}: \"false\"")
-}
-
 /// Every container name of the pod: names are unique across all three lists.
 fn all_container_names<'s>(spec: &'s Spec<'_>) -> Vec<&'s str> {
     let others = [&spec.init_containers, &spec.ephemeral_containers]
@@ -363,87 +246,6 @@ fn all_container_names<'s>(spec: &'s Spec<'_>) -> Vec<&'s str> {
         .map(|c| c.name.as_ref())
         .chain(others)
         .collect()
-}
-
-/// The warning for a status annotation that names a container the pod does not have.
-pub const FORGED_STATUS_WARNING: &str = "sidecar-injector: the pod's sidecar-injector.io/status \
-    annotation names containers the pod does not have (forged, or left from a copied pod): \
-    it was ignored and the pod reviewed as not injected";
-
-/// What a status annotation names (SPEC: a JSON object; one that is not names nothing).
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StatusNames<'a> {
-    #[serde(default, borrow)]
-    pub profiles: Vec<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    pub containers: Vec<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    pub init_containers: Vec<Cow<'a, str>>,
-    /// Profile name to the digest it had when injected; empty for pods injected before
-    /// digests were recorded ("unknown version").
-    #[serde(default, borrow)]
-    pub digests: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
-}
-
-impl<'a> StatusNames<'a> {
-    pub fn parse(status: &'a str) -> StatusNames<'a> {
-        serde_json::from_str(status).unwrap_or_default()
-    }
-
-    /// The containers and init containers it names.
-    pub fn all_containers(&self) -> impl Iterator<Item = &str> {
-        self.containers
-            .iter()
-            .chain(&self.init_containers)
-            .map(Cow::as_ref)
-    }
-}
-
-/// The profiles whose recorded digest (a status annotation's `digests`) is not the one
-/// `current` gives (none there: no longer configured), each with the digest recorded; none
-/// when nothing is recorded (injected before digests were: an unknown version is not a stale
-/// one).
-pub fn outdated<'s, 'c, K: AsRef<str>, V: AsRef<str>>(
-    recorded: &'s BTreeMap<K, V>,
-    current: impl Fn(&str) -> Option<&'c str>,
-) -> Vec<(&'s str, &'s str)> {
-    recorded
-        .iter()
-        .map(|(profile, digest)| (profile.as_ref(), digest.as_ref()))
-        .filter(|(profile, digest)| current(profile) != Some(*digest))
-        .collect()
-}
-
-/// What a pod's status annotation means (SPEC "Opting in and out").
-pub enum Marker<'p> {
-    /// No status annotation.
-    Absent,
-    /// "Already injected": the pod has every container the status names.
-    Injected(StatusNames<'p>),
-    /// It names a container the pod does not have: forged or left over, so ignored.
-    Forged,
-}
-
-/// Reads the pod's status annotation once and holds it against the pod's containers.
-pub fn marker<'p>(pod: &'p PodView<'_>) -> Marker<'p> {
-    let Some(status) = pod.annotations().and_then(|a| a.get(STATUS_KEY)) else {
-        return Marker::Absent;
-    };
-    let names = StatusNames::parse(status);
-    // A set: a status may name many containers, a pod have many (both are hostile input).
-    let have: std::collections::HashSet<&str> = pod
-        .spec
-        .as_ref()
-        .map(|spec| all_container_names(spec))
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    if names.all_containers().all(|name| have.contains(name)) {
-        Marker::Injected(names)
-    } else {
-        Marker::Forged
-    }
 }
 
 /// Decides what to do with a pod CREATE. `pod` is the request object, already decoded.
@@ -499,11 +301,26 @@ fn decide_fresh<'c>(
 
     match plan(pod, spec, annotations, config) {
         Ok(injection) => Decision::Inject { reason, injection },
-        Err((reason, code, message)) => Decision::deny(reason, code, message),
+        Err(d) => Decision::deny(d.reason, d.code, d.message),
     }
 }
 
-type Denial = (Reason, u16, String);
+/// Why a pod is refused: the reason counted, the answer's code and its message.
+struct Denial {
+    reason: Reason,
+    code: u16,
+    message: String,
+}
+
+impl Denial {
+    fn new(reason: Reason, code: u16, message: String) -> Denial {
+        Denial {
+            reason,
+            code,
+            message,
+        }
+    }
+}
 
 /// One warning when the injected sidecars lift the pod above Pod Security "restricted".
 fn pod_security_warning(sidecars: &[&Sidecar], sharing: Share) -> Option<String> {
@@ -520,437 +337,6 @@ fn pod_security_warning(sidecars: &[&Sidecar], sharing: Share) -> Option<String>
         (Level::Restricted, _) => None,
         (_, Share::Root) => Some(root_share_warning(level)),
         _ => Some(level_warning(level)),
-    }
-}
-
-fn bad_annotation(message: String) -> Denial {
-    (Reason::BadAnnotation, 400, message)
-}
-
-/// The pod's own choices beside the opt-in key (SPEC "Opting in and out").
-struct Options<'a> {
-    profiles: Vec<&'a str>,
-    share: bool,
-    native: bool,
-    mount_path: Option<&'a str>,
-}
-
-/// Stage 1: reads and checks the other keys (`bad-annotation`).
-fn read_options<'a>(
-    annotations: &'a StrMap<'_>,
-    config: &'a Config,
-) -> Result<Options<'a>, Denial> {
-    let profiles: Vec<&str> = match annotations.get(PROFILES_KEY) {
-        Some(v) => parse_profiles(v).map_err(bad_annotation)?,
-        None => config.default_profiles.iter().map(String::as_str).collect(),
-    };
-    let share = match annotations.get(SHARE_PROCESS_KEY) {
-        Some(v) => parse_bool("annotation", SHARE_PROCESS_KEY, v).map_err(bad_annotation)?,
-        None => false,
-    };
-    let native = match annotations.get(NATIVE_SIDECAR_KEY) {
-        Some(v) => parse_bool("annotation", NATIVE_SIDECAR_KEY, v).map_err(bad_annotation)?,
-        None => config.native_sidecars,
-    };
-    let mount_path = match annotations.get(APP_MOUNT_PATH_KEY) {
-        Some(v) => Some(check_mount_path(v).map_err(bad_annotation)?),
-        None => None,
-    };
-    Ok(Options {
-        profiles,
-        share,
-        native,
-        mount_path,
-    })
-}
-
-/// What the selected profiles add, in list order, each name (and app mount path) once: the
-/// objects borrow from the config (`'c`), a mount path may come from the pod (`'a`).
-struct Additions<'c, 'a> {
-    /// Each selected profile's name and digest, for the status annotation.
-    digests: BTreeMap<&'a str, &'c str>,
-    volumes: Vec<&'c Named>,
-    init_containers: Vec<&'c Named>,
-    sidecars: Vec<&'c Sidecar>,
-    mounts: Vec<(&'a str, Cow<'c, str>)>,
-}
-
-/// Stage 2: the profiles the pod asks for (`unknown-profile`), and what they add; the config
-/// guarantees one definition per name.
-fn select_profiles<'c: 'a, 'a>(
-    options: &Options<'a>,
-    config: &'c Config,
-) -> Result<Additions<'c, 'a>, Denial> {
-    let mut selected = Vec::with_capacity(options.profiles.len());
-    let mut digests = BTreeMap::new();
-    for name in &options.profiles {
-        match config.profiles.get(*name) {
-            Some(p) => {
-                digests.insert(*name, p.digest.as_str());
-                selected.push(p);
-            }
-            None => {
-                return Err((
-                    Reason::UnknownProfile,
-                    400,
-                    format!(
-                        "annotation {PROFILES_KEY}: unknown profile {}; known profiles: {}",
-                        Quoted(name),
-                        config.profile_names()
-                    ),
-                ))
-            }
-        }
-    }
-    let mut add = Additions {
-        digests,
-        volumes: Vec::new(),
-        init_containers: Vec::new(),
-        sidecars: Vec::new(),
-        mounts: Vec::new(),
-    };
-    for p in &selected {
-        for v in &p.volumes {
-            if !add.volumes.iter().any(|x| x.name == v.name) {
-                add.volumes.push(v);
-            }
-        }
-        for c in &p.init_containers {
-            if !add.init_containers.iter().any(|x| x.name == c.name) {
-                add.init_containers.push(c);
-            }
-        }
-        for c in &p.containers {
-            if !add.sidecars.iter().any(|x| x.name == c.name) {
-                add.sidecars.push(c);
-            }
-        }
-        for m in &p.app_volume_mounts {
-            let mount = match options.mount_path {
-                Some(path) if m.name == SHARED_VOLUME => {
-                    let mut json = m.json.clone();
-                    if let Some(map) = json.as_object_mut() {
-                        map.insert("mountPath".into(), Value::String(path.to_string()));
-                    }
-                    (path, Cow::Owned(json.to_string()))
-                }
-                _ => (m.mount_path.as_str(), Cow::Borrowed(m.text.as_str())),
-            };
-            if !add.mounts.iter().any(|(p, _)| same_path(p, mount.0)) {
-                add.mounts.push(mount);
-            }
-        }
-    }
-    Ok(add)
-}
-
-/// Stage 3: process sharing against the pod's settings (`conflict`), and how the sidecars
-/// share: as the app's uid when every app container's uid is known, else as root.
-fn check_conflicts(
-    spec: &Spec<'_>,
-    options: &Options<'_>,
-    add: &Additions<'_, '_>,
-    config: &Config,
-) -> Result<Share, Denial> {
-    if !options.share {
-        return Ok(Share::No);
-    }
-    if !config.allow_process_sharing {
-        return Err((
-            Reason::NotAllowed,
-            403,
-            format!(
-                "annotation {SHARE_PROCESS_KEY}: \"true\" is not allowed here: the injector's \
-                 config sets allowProcessSharing: false (a process-sharing sidecar can see and \
-                 signal the app's processes); remove the annotation or ask the cluster operator"
-            ),
-        ));
-    }
-    if spec.share_process_namespace == Some(false) {
-        return Err((
-            Reason::Conflict,
-            409,
-            format!(
-                "annotation {SHARE_PROCESS_KEY}: \"true\" conflicts with the pod's \
-                 spec.shareProcessNamespace: false"
-            ),
-        ));
-    }
-    if let Some(uid) = spec.app_uid() {
-        return Ok(Share::SameUid(uid));
-    }
-    if spec.run_as_non_root() && !add.sidecars.is_empty() {
-        return Err((
-            Reason::Conflict,
-            409,
-            format!(
-                "annotation {SHARE_PROCESS_KEY}: \"true\" needs the sidecar to run as root \
-                 (runAsUser: 0) with SYS_PTRACE and KILL, because the app's uid is not set, \
-                 but the pod's spec.securityContext.runAsNonRoot is true, so the kubelet would \
-                 never start it; set spec.securityContext.runAsUser to the app's uid (or the \
-                 same runAsUser on every app container) and the sidecar runs as that uid \
-                 with no added capability"
-            ),
-        ));
-    }
-    Ok(Share::Root)
-}
-
-/// Stage 4: a name or mount path we would add that the pod already has (`name-clash`).
-fn check_clashes(spec: &Spec<'_>, add: &Additions<'_, '_>) -> Result<(), Denial> {
-    let existing = all_container_names(spec);
-    let new_names = add.init_containers.iter().map(|c| &c.name);
-    for name in new_names.chain(add.sidecars.iter().map(|c| &c.name)) {
-        if existing.contains(&name.as_str()) {
-            return Err((
-                Reason::NameClash,
-                409,
-                clash_message(&format!(
-                    "the pod already has a container named {} that sidecar-injector did not inject",
-                    Quoted(name)
-                )),
-            ));
-        }
-    }
-    for v in &add.volumes {
-        if spec
-            .volumes
-            .iter()
-            .flatten()
-            .any(|pv| pv.name == v.name.as_str())
-        {
-            return Err((
-                Reason::NameClash,
-                409,
-                clash_message(&format!(
-                    "the pod already has a volume named {:?} that sidecar-injector did not inject",
-                    v.name
-                )),
-            ));
-        }
-    }
-    for c in &spec.containers {
-        for m in c.volume_mounts.iter().flatten() {
-            if let Some((path, _)) = add.mounts.iter().find(|(p, _)| same_path(p, &m.mount_path)) {
-                return Err((
-                    Reason::NameClash,
-                    409,
-                    format!(
-                        "container {} already mounts {} at {}, where sidecar-injector \
-                         mounts the shared volume; set annotation {APP_MOUNT_PATH_KEY} to another \
-                         path, or opt this pod out with annotation {INJECT_KEY}: \"false\"",
-                        Quoted(&c.name),
-                        Quoted(&m.name),
-                        Quoted(path)
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The largest object etcd stores with its default limits (`--max-request-bytes` 1.5 MiB):
-/// a patch larger than this alone makes a pod that can never be stored.
-pub const MAX_PATCH_BYTES: usize = 1536 * 1024;
-
-/// Stage 5: the answer must fit where the pod goes. The patch grows with the pod (one mount
-/// per app container), so a pod of many tiny containers would turn a 4 MiB request into a
-/// 50 MB answer: estimate it from the pod's shape before building it (`too-large`).
-fn check_size(spec: &Spec<'_>, add: &Additions<'_, '_>, token: Option<&str>) -> Result<(), Denial> {
-    // Each op: its JSON keys and path (< 64 bytes) and its value.
-    let per_container: usize = add.mounts.iter().map(|(_, text)| text.len() + 64).sum();
-    // An added container's token mount: its volume name and fixed text (< 96 bytes).
-    let token_mount = token.map_or(0, |volume| volume.len() + 96);
-    let fixed: usize = add
-        .sidecars
-        .iter()
-        .map(|c| c.text(true, Share::Root).len() + 64 + token_mount)
-        .chain(
-            add.init_containers
-                .iter()
-                .map(|n| n.text.len() + 64 + token_mount),
-        )
-        .chain(add.volumes.iter().map(|n| n.text.len() + 64))
-        .sum();
-    let estimate = spec.containers.len().saturating_mul(per_container) + fixed + 1024;
-    if estimate > MAX_PATCH_BYTES {
-        return Err((
-            Reason::TooLarge,
-            413,
-            format!(
-                "the pod is too large to inject into: its patch would be about {estimate} bytes \
-                 ({} app containers), more than any object etcd stores ({MAX_PATCH_BYTES} bytes); \
-                 opt this pod out with annotation {INJECT_KEY}: \"false\"",
-                spec.containers.len()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Where kube-apiserver's ServiceAccount admission plugin mounts the API token, and the name
-/// prefix of the projected volume it adds for it.
-const TOKEN_MOUNT_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
-const TOKEN_VOLUME_PREFIX: &str = "kube-api-access-";
-
-/// The API token volume the ServiceAccount plugin mounted into the app, if it did: the pod's
-/// first `kube-api-access-*` volume (the one the plugin picks), mounted at the token path by
-/// an app container, in a pod that does not turn automounting off. The plugin runs again
-/// after the webhooks and mounts it into every container that has no mount at that path.
-fn token_volume<'s>(spec: &'s Spec<'_>) -> Option<&'s str> {
-    if spec.automount_service_account_token == Some(false) {
-        return None;
-    }
-    let volume = spec
-        .volumes
-        .iter()
-        .flatten()
-        .map(|v| v.name.as_ref())
-        .find(|n| n.starts_with(TOKEN_VOLUME_PREFIX))?;
-    let mounted = spec
-        .containers
-        .iter()
-        .flat_map(|c| c.volume_mounts.iter().flatten())
-        .any(|m| m.name == volume && m.mount_path == TOKEN_MOUNT_PATH);
-    mounted.then_some(volume)
-}
-
-/// `container` (JSON text from the config) with the token mount the ServiceAccount plugin
-/// would append, unless it already mounts something at the token path (the plugin then
-/// leaves it alone too).
-fn with_token_mount<'c>(container: Cow<'c, str>, volume: &str) -> Cow<'c, str> {
-    let Ok(mut json) = serde_json::from_str::<Value>(&container) else {
-        return container;
-    };
-    let Some(mounts) = object_array(&mut json, "volumeMounts") else {
-        return container;
-    };
-    if mounts.iter().any(|m| m["mountPath"] == TOKEN_MOUNT_PATH) {
-        return container;
-    }
-    mounts
-        .push(serde_json::json!({"name": volume, "readOnly": true, "mountPath": TOKEN_MOUNT_PATH}));
-    Cow::Owned(json.to_string())
-}
-
-/// The array at `key` of a JSON object, created empty if missing.
-fn object_array<'v>(value: &'v mut Value, key: &str) -> Option<&'v mut Vec<Value>> {
-    value
-        .as_object_mut()?
-        .entry(key)
-        .or_insert_with(|| Value::Array(Vec::new()))
-        .as_array_mut()
-}
-
-/// Stage 6: the minimal patch (SPEC "What the patch must be") and the status marker; `token`,
-/// the API token volume to mount into what we add (`mountServiceAccountToken`).
-fn build_patch<'c>(
-    pod: &PodView<'_>,
-    spec: &Spec<'_>,
-    options: &Options<'_>,
-    add: &Additions<'c, '_>,
-    sharing: Share,
-    token: Option<&str>,
-) -> Injection<'c> {
-    let native = options.native;
-    let mount_token = |c: Cow<'c, str>| match token {
-        Some(volume) => with_token_mount(c, volume),
-        None => c,
-    };
-    let borrowed = |n: &&'c Named| Cow::Borrowed(n.text.as_str());
-    let mut ops = Vec::new();
-    append_all(
-        &mut ops,
-        "/spec/volumes",
-        spec.volumes.is_some(),
-        add.volumes.iter().map(borrowed).collect(),
-    );
-    let mut new_init: Vec<Cow<'c, str>> = add
-        .init_containers
-        .iter()
-        .map(|c| mount_token(borrowed(c)))
-        .collect();
-    if native {
-        new_init.extend(
-            add.sidecars
-                .iter()
-                .map(|c| mount_token(c.text(true, sharing))),
-        );
-    }
-    append_all(
-        &mut ops,
-        "/spec/initContainers",
-        spec.init_containers.is_some(),
-        new_init,
-    );
-    if !native {
-        let items = add
-            .sidecars
-            .iter()
-            .map(|c| mount_token(c.text(false, sharing)))
-            .collect();
-        append_all(&mut ops, "/spec/containers", true, items);
-    }
-    for (i, c) in spec.containers.iter().enumerate() {
-        let items = add.mounts.iter().map(|(_, text)| text.clone()).collect();
-        let base = format!("/spec/containers/{i}/volumeMounts");
-        append_all(&mut ops, &base, c.volume_mounts.is_some(), items);
-    }
-    if options.share && spec.share_process_namespace != Some(true) {
-        ops.push(AddOp {
-            path: "/spec/shareProcessNamespace".into(),
-            value: Cow::Borrowed("true"),
-        });
-    }
-    let warnings = pod_security_warning(&add.sidecars, sharing)
-        .into_iter()
-        .collect();
-
-    ops.push(status_op(pod, options, add));
-    Injection {
-        ops,
-        warnings,
-        profiles: options.profiles.iter().map(|s| s.to_string()).collect(),
-    }
-}
-
-/// The status annotation's op: what was injected, so that a reinvocation, `check` and
-/// `rollout --stale` can tell.
-fn status_op<'c>(pod: &PodView<'_>, options: &Options<'_>, add: &Additions<'c, '_>) -> AddOp<'c> {
-    let native = options.native;
-    let names = |list: &[&'c Named]| list.iter().map(|n| n.name.as_str()).collect::<Vec<_>>();
-    let sidecar_names = || add.sidecars.iter().map(|c| c.name.as_str());
-    let status = to_json_text(&Status {
-        profiles: &options.profiles,
-        containers: if native {
-            Vec::new()
-        } else {
-            sidecar_names().collect()
-        },
-        init_containers: names(&add.init_containers)
-            .into_iter()
-            .chain(sidecar_names().filter(|_| native))
-            .collect(),
-        volumes: names(&add.volumes),
-        digests: &add.digests,
-    });
-    let status = to_json_text(&status);
-    let key = to_json_text(&STATUS_KEY);
-    let (path, value) = match &pod.metadata {
-        // No metadata at all: `/metadata/annotations` would have no parent to go into.
-        None => (
-            "/metadata",
-            format!(r#"{{"annotations":{{{key}:{status}}}}}"#),
-        ),
-        Some(m) if m.annotations.is_none() => {
-            ("/metadata/annotations", format!("{{{key}:{status}}}"))
-        }
-        Some(_) => (STATUS_PATH, status),
-    };
-    AddOp {
-        path: path.into(),
-        value: Cow::Owned(value),
     }
 }
 
@@ -978,7 +364,11 @@ fn plan<'c>(
 mod tests {
     use super::*;
     use crate::engine::podsecurity::container_level;
+    use additions::MAX_PATCH_BYTES;
+    use options::{MAX_PROFILES_BYTES, MAX_PROFILE_NAMES};
+    use patch::{object_array, with_token_mount, TOKEN_MOUNT_PATH};
     use serde_json::json;
+    use status::STATUS_PATH;
 
     fn config() -> &'static Config {
         static CONFIG: std::sync::LazyLock<Config> =
