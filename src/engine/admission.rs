@@ -205,6 +205,16 @@ pub fn path_policy_segment(segment: &str) -> Result<Policy, RequestError> {
 
 /// Reviews one AdmissionReview request body.
 pub fn review(body: &[u8], policy: Policy, config: &Config) -> Result<Answer, RequestError> {
+    judge(body, policy, config).map(Judged::answer)
+}
+
+/// Judges one AdmissionReview request body: the decision, typed, before its answer is
+/// written (`check` reads it; `review` writes it).
+pub fn judge<'c>(
+    body: &[u8],
+    policy: Policy,
+    config: &'c Config,
+) -> Result<Judged<'c>, RequestError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(RequestError::TooLarge);
     }
@@ -214,19 +224,23 @@ pub fn review(body: &[u8], policy: Policy, config: &Config) -> Result<Answer, Re
         .ok()
         .and_then(|text| serde_json::from_str::<Envelope<Obj<PodView>>>(text).ok());
     if let Some(env) = fast {
-        return respond(env, policy, config, |object| match object {
+        return judge_request(env, policy, config, |object| match object {
             Some(pod) => pod.0.check_type(),
             None => Err(NO_OBJECT.into()),
         });
     }
-    review_raw(body, policy, config)
+    judge_raw(body, policy, config)
 }
 
 /// The reference path: the envelope first, the object on its own.
-fn review_raw(body: &[u8], policy: Policy, config: &Config) -> Result<Answer, RequestError> {
+fn judge_raw<'c>(
+    body: &[u8],
+    policy: Policy,
+    config: &'c Config,
+) -> Result<Judged<'c>, RequestError> {
     let env: Envelope<&RawValue> = serde_json::from_slice(body)
         .map_err(|e| bad(bounded(format!("the body is not an AdmissionReview: {e}"))))?;
-    respond(env, policy, config, |object| match object {
+    judge_request(env, policy, config, |object| match object {
         Some(raw) if raw.get() != "null" => PodView::parse(raw.get()),
         _ => Err(NO_OBJECT.into()),
     })
@@ -295,12 +309,12 @@ pub fn review_workload(body: &[u8]) -> Result<Answer, RequestError> {
     })
 }
 
-fn respond<'b, O>(
+fn judge_request<'b, 'c, O>(
     env: Envelope<'_, O>,
     policy: Policy,
-    config: &Config,
+    config: &'c Config,
     decode: impl FnOnce(Option<O>) -> Result<PodView<'b>, String>,
-) -> Result<Answer, RequestError> {
+) -> Result<Judged<'c>, RequestError> {
     let (uid, req) = checked_request(env)?;
 
     let gvk = req.kind.unwrap_or_default();
@@ -310,43 +324,57 @@ fn respond<'b, O>(
         && req.sub_resource.as_deref().unwrap_or("").is_empty();
 
     let mut pod_name = None;
-    let (decision, profiles) = if !is_pod_create {
-        (Decision::unchanged(Reason::NotAPodCreate), Vec::new())
+    let decision = if !is_pod_create {
+        Decision::unchanged(Reason::NotAPodCreate)
     } else {
         match decode(req.object) {
-            Err(message) => (
-                Decision::Deny {
-                    reason: Reason::BadObject,
-                    code: 400,
-                    message,
-                },
-                Vec::new(),
-            ),
+            Err(message) => Decision::Deny {
+                reason: Reason::BadObject,
+                code: 400,
+                message,
+            },
             Ok(pod) => {
                 pod_name = pod.display_name().map(str::to_string);
-                let d = decide(&pod, policy, config);
-                let profiles = match &d {
-                    Decision::Inject { injection, .. } => injection.profiles.clone(),
-                    _ => Vec::new(),
-                };
-                (d, profiles)
+                decide(&pod, policy, config)
             }
         }
     };
-    let body = render(&uid, &decision);
-    Ok(Answer {
-        body,
-        outcome: match decision {
-            Decision::Inject { .. } => Outcome::Injected,
-            Decision::Unchanged { .. } => Outcome::Skipped,
-            Decision::Deny { .. } => Outcome::Denied,
-        },
-        reason: decision.reason(),
+    Ok(Judged {
         uid: uid.into_owned(),
         namespace: req.namespace.map(Cow::into_owned).unwrap_or_default(),
         pod: pod_name.unwrap_or_else(|| req.name.map(Cow::into_owned).unwrap_or_default()),
-        profiles,
+        decision,
     })
+}
+
+/// A pod request judged, its answer not yet written.
+#[derive(Debug)]
+pub struct Judged<'c> {
+    pub uid: String,
+    pub namespace: String,
+    /// The pod's name, else its generateName, else the request's name.
+    pub pod: String,
+    pub decision: Decision<'c>,
+}
+
+impl Judged<'_> {
+    /// The answer: its bytes, and what the log and metrics need.
+    pub fn answer(self) -> Answer {
+        let (outcome, profiles) = match &self.decision {
+            Decision::Inject { injection, .. } => (Outcome::Injected, injection.profiles.clone()),
+            Decision::Unchanged { .. } => (Outcome::Skipped, Vec::new()),
+            Decision::Deny { .. } => (Outcome::Denied, Vec::new()),
+        };
+        Answer {
+            body: render(&self.uid, &self.decision),
+            outcome,
+            reason: self.decision.reason(),
+            uid: self.uid,
+            namespace: self.namespace,
+            pod: self.pod,
+            profiles,
+        }
+    }
 }
 
 /// Writes the AdmissionReview response. Written by hand rather than through a serde struct:
@@ -473,7 +501,7 @@ mod tests {
             let body = std::fs::read(entry.unwrap().path()).unwrap();
             for policy in [Policy::Enabled, Policy::Disabled] {
                 let fast = review(&body, policy, &c).unwrap();
-                let reference = review_raw(&body, policy, &c).unwrap();
+                let reference = judge_raw(&body, policy, &c).unwrap().answer();
                 assert_eq!(fast.body, reference.body);
                 assert_eq!((fast.reason, fast.pod), (reference.reason, reference.pod));
                 n += 1;

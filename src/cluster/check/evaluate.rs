@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use crate::engine::admission::Outcome;
 use crate::engine::config::Config;
-use crate::engine::inject::{self, Marker, Policy, StatusNames, INJECT_KEY, STATUS_KEY};
+use crate::engine::inject::{self, Decision, Marker, Policy, StatusNames, INJECT_KEY, STATUS_KEY};
 use crate::engine::pod::PodView;
 use crate::engine::selection::{select, Selection, Skip};
 use crate::text::excerpt::Quoted;
@@ -201,9 +201,9 @@ fn review(pod: &Value, namespace: &str, policy: Policy, config: &Config) -> Revi
             "object": pod,
         }
     });
-    let answer = match crate::engine::admission::review(body.to_string().as_bytes(), policy, config)
-    {
-        Ok(a) => a,
+    let body = body.to_string();
+    let decision = match crate::engine::admission::judge(body.as_bytes(), policy, config) {
+        Ok(judged) => judged.decision,
         Err(e) => {
             return Reviewed {
                 outcome: Outcome::Error,
@@ -214,44 +214,56 @@ fn review(pod: &Value, namespace: &str, policy: Policy, config: &Config) -> Revi
             }
         }
     };
-    let response: Value = serde_json::from_slice(&answer.body).unwrap_or_default();
-    let response = &response["response"];
-    let mut message = response
-        .pointer("/status/message")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    for warning in response["warnings"].as_array().into_iter().flatten() {
+    let mut message = match &decision {
+        Decision::Deny { message, .. } => message.clone(),
+        _ => String::new(),
+    };
+    for warning in decision.warnings() {
         if !message.is_empty() {
             message.push_str("; ");
         }
-        message.push_str(&format!(
-            "warning: {}",
-            warning.as_str().unwrap_or_default()
-        ));
+        message.push_str(&format!("warning: {warning}"));
     }
-    let added = response["patch"]
-        .as_str()
-        .and_then(|b64| {
-            use base64::Engine as _;
-            base64::engine::general_purpose::STANDARD.decode(b64).ok()
-        })
-        .and_then(|bytes| serde_json::from_slice::<json_patch::Patch>(&bytes).ok())
-        .and_then(|patch| {
-            let mut patched = pod.clone();
-            json_patch::patch(&mut patched, &patch).ok()?;
-            let before = container_names(pod);
-            let after = container_names(&patched);
-            Some(after.into_iter().filter(|n| !before.contains(n)).collect())
-        })
-        .unwrap_or_default();
-    Reviewed {
-        outcome: answer.outcome,
-        reason: answer.reason.as_str().into(),
-        profiles: answer.profiles,
-        added,
-        message,
+    let reason = decision.reason().as_str().into();
+    match decision {
+        Decision::Inject { injection, .. } => Reviewed {
+            outcome: Outcome::Injected,
+            reason,
+            added: added_containers(pod, &injection.patch_json()),
+            profiles: injection.profiles,
+            message,
+        },
+        Decision::Unchanged { .. } => Reviewed {
+            outcome: Outcome::Skipped,
+            reason,
+            profiles: Vec::new(),
+            added: Vec::new(),
+            message,
+        },
+        Decision::Deny { .. } => Reviewed {
+            outcome: Outcome::Denied,
+            reason,
+            profiles: Vec::new(),
+            added: Vec::new(),
+            message,
+        },
     }
+}
+
+/// The containers a patch adds to the pod (any list), by name.
+fn added_containers(pod: &Value, patch: &str) -> Vec<String> {
+    let Ok(patch) = serde_json::from_str::<json_patch::Patch>(patch) else {
+        return Vec::new();
+    };
+    let mut patched = pod.clone();
+    if json_patch::patch(&mut patched, &patch).is_err() {
+        return Vec::new();
+    }
+    let before = container_names(pod);
+    container_names(&patched)
+        .into_iter()
+        .filter(|n| !before.contains(n))
+        .collect()
 }
 
 fn explain(
