@@ -18,7 +18,7 @@ link-order:
 ## test: lint and licence checks, then every test (unit, fixtures, fidelity, properties,
 ## fuzz corpus replay, server, deploy), then the end-to-end suite on a real control plane.
 test: test-deps lint deny
-	$(CARGO) test --locked
+	$(CARGO) test --locked --features tools,root
 	bash scripts/e2e.sh
 
 ## e2e: tests/e2e.rs against etcd + kube-apiserver + kube-controller-manager on 127.0.0.1,

@@ -155,6 +155,10 @@ spec:
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "needs the test tools: make test-deps, then --features tools"
+)]
 fn inject_handles_every_workload_kind_and_says_why_not() {
     let out = run(
         &[
@@ -317,6 +321,10 @@ fn certs_writes_ca_cert_and_private_key() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "tools"),
+    ignore = "needs the test tools: make test-deps, then --features tools"
+)]
 fn strict_validation_can_fail() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("bad.json");

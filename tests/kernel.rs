@@ -3,7 +3,8 @@
 //! exactly that uid, gid and capability set (as a container runtime would start it, with
 //! no_new_privs for allowPrivilegeEscalation: false) must read the app's /proc entries and
 //! signal it; the app runs as uid 1001, as the seed's bitnami/nginx does. Needs root and
-//! util-linux `setpriv` (CI runs as root); without them it fails, it never skips.
+//! util-linux `setpriv`, so it builds only with `--features root` (`make test` turns it on;
+//! CI runs as root); with the feature it fails without them, it never skips.
 
 mod common;
 

@@ -239,6 +239,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
 
     #[test]
+    #[cfg_attr(not(feature = "tools"), ignore = "needs PyYAML: make test-deps, then --features tools")]
     fn inject_output_reads_back_as_the_same_strings_in_yaml11(
         pairs in prop::collection::vec((tricky(), tricky()), 1..48),
     ) {
