@@ -7,8 +7,8 @@
 #
 #   link-order.sh generate   run the release server under callgrind (start-up, HTTP/1.1 and
 #                            HTTP/2 reviews, probes, metrics, drain) and write the list
-#   link-order.sh check      fail when most listed functions are no longer in the release
-#                            binary (renamed, moved): the list needs generating again
+#   link-order.sh check      fail when more than 2% of the listed functions are no longer in
+#                            the release binary (renamed, moved): the list needs generating again
 # Symbol names carry hashes that change with the compiler, so the list only applies to
 # builds by the rustc it records; `check` says so instead of failing for another rustc.
 set -euo pipefail
@@ -89,10 +89,12 @@ check)
 import subprocess, sys
 listed = [l.strip() for l in open(sys.argv[1]) if l.strip() and not l.startswith("#")]
 present = set(subprocess.run(["nm", sys.argv[2]], capture_output=True, text=True, check=True).stdout.split())
-found = sum(name in present for name in listed)
-print(f"link-order: {found} of {len(listed)} listed functions are in the binary")
-if found < 0.8 * len(listed):
-    sys.exit("link-order: the list is stale (functions renamed or gone): run make link-order")
+missing = [name for name in listed if name not in present]
+print(f"link-order: {len(listed) - len(missing)} of {len(listed)} listed functions are in the binary")
+# Fresh, every listed function is there; a rename or a move (a module's path is in each of
+# its symbols) drops its functions from the order silently, so more than a few missing fails.
+if len(missing) > 0.02 * len(listed):
+    sys.exit(f"link-order: the list is stale ({len(missing)} functions renamed, moved or gone, e.g. {missing[0]}): run make link-order")
 PY
   ;;
 *)
