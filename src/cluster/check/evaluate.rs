@@ -1,18 +1,19 @@
 //! Pure: the webhook configuration, the namespace's labels, the object and the injection
 //! config in, a `Finding` out.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration};
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::engine::admission::Outcome;
 use crate::engine::config::Config;
-use crate::engine::inject::{self, Decision, Marker, Policy, StatusNames, INJECT_KEY, STATUS_KEY};
-use crate::engine::pod::PodView;
+use crate::engine::inject::{Policy, INJECT_KEY};
 use crate::engine::selection::{select, Selection, Skip};
-use crate::text::excerpt::Quoted;
+
+use super::injected::{already_injected, marker};
+use super::review::{review, Reviewed};
 
 /// The namespace label that deploy/'s configuration selects on (SPEC "Opting in and out").
 const NAMESPACE_LABEL: &str = "sidecar-injector.io/injection";
@@ -159,16 +160,6 @@ fn hook_policy(hook: &MutatingWebhook) -> Result<Policy, String> {
     crate::engine::admission::policy_from_query(query, segment).map_err(|e| e.to_string())
 }
 
-/// The names in a pod's container lists.
-fn container_names(pod: &Value) -> Vec<String> {
-    ["/spec/containers", "/spec/initContainers"]
-        .iter()
-        .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
-        .flatten()
-        .filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from))
-        .collect()
-}
-
 /// The injector's namespace: that of the first webhook that calls a Service.
 pub(super) fn service_namespace(configuration: &MutatingWebhookConfiguration) -> Option<&str> {
     configuration.webhooks.iter().flatten().find_map(|h| {
@@ -177,93 +168,6 @@ pub(super) fn service_namespace(configuration: &MutatingWebhookConfiguration) ->
             .as_ref()
             .map(|s| s.namespace.as_str())
     })
-}
-
-/// What `review` says about a CREATE of `pod`, and the containers its patch adds.
-struct Reviewed {
-    outcome: Outcome,
-    reason: String,
-    profiles: Vec<String>,
-    added: Vec<String>,
-    message: String,
-}
-
-fn review(pod: &Value, namespace: &str, policy: Policy, config: &Config) -> Reviewed {
-    let body = json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "sidecar-injector-check",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "operation": "CREATE",
-            "namespace": namespace,
-            "object": pod,
-        }
-    });
-    let body = body.to_string();
-    let decision = match crate::engine::admission::judge(body.as_bytes(), policy, config) {
-        Ok(judged) => judged.decision,
-        Err(e) => {
-            return Reviewed {
-                outcome: Outcome::Error,
-                reason: e.reason().as_str().into(),
-                profiles: Vec::new(),
-                added: Vec::new(),
-                message: e.to_string(),
-            }
-        }
-    };
-    let mut message = match &decision {
-        Decision::Deny { message, .. } => message.clone(),
-        _ => String::new(),
-    };
-    for warning in decision.warnings() {
-        if !message.is_empty() {
-            message.push_str("; ");
-        }
-        message.push_str(&format!("warning: {warning}"));
-    }
-    let reason = decision.reason().as_str().into();
-    match decision {
-        Decision::Inject { injection, .. } => Reviewed {
-            outcome: Outcome::Injected,
-            reason,
-            added: added_containers(pod, &injection.patch_json()),
-            profiles: injection.profiles,
-            message,
-        },
-        Decision::Unchanged { .. } => Reviewed {
-            outcome: Outcome::Skipped,
-            reason,
-            profiles: Vec::new(),
-            added: Vec::new(),
-            message,
-        },
-        Decision::Deny { .. } => Reviewed {
-            outcome: Outcome::Denied,
-            reason,
-            profiles: Vec::new(),
-            added: Vec::new(),
-            message,
-        },
-    }
-}
-
-/// The containers a patch adds to the pod (any list), by name.
-fn added_containers(pod: &Value, patch: &str) -> Vec<String> {
-    let Ok(patch) = serde_json::from_str::<json_patch::Patch>(patch) else {
-        return Vec::new();
-    };
-    let mut patched = pod.clone();
-    if json_patch::patch(&mut patched, &patch).is_err() {
-        return Vec::new();
-    }
-    let before = container_names(pod);
-    container_names(&patched)
-        .into_iter()
-        .filter(|n| !before.contains(n))
-        .collect()
 }
 
 fn explain(
@@ -311,42 +215,6 @@ fn explain(
             format!("{hook}: {e}; failurePolicy Ignore skips the webhook"),
         ),
     }
-}
-
-/// What the status marker of an injected pod names.
-struct Injected {
-    profiles: Vec<String>,
-    containers: Vec<String>,
-    /// Profile name to the digest it was injected with (empty: injected before digests).
-    digests: BTreeMap<String, String>,
-}
-
-/// What the status marker of an injected pod names; none when it names a container the pod
-/// does not have (forged or left over: the webhook reviews such a pod as not injected).
-fn marker(pod: &Value) -> Option<Injected> {
-    let text = pod["metadata"]["annotations"].get(STATUS_KEY)?.as_str()?;
-    let owned = |status: StatusNames| Injected {
-        profiles: status.profiles.iter().map(|p| p.to_string()).collect(),
-        containers: status.all_containers().map(String::from).collect(),
-        digests: status
-            .digests
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    };
-    match PodView::from_value(pod) {
-        Ok(view) => match inject::marker(&view) {
-            Marker::Injected(status) => Some(owned(status)),
-            Marker::Forged | Marker::Absent => None,
-        },
-        // What the engine cannot read as a pod, it never reviews: the marker counts as written.
-        Err(_) => Some(owned(StatusNames::parse(text))),
-    }
-}
-
-fn timestamp(value: Option<&Value>) -> Option<time::OffsetDateTime> {
-    let text = value?.as_str()?;
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
 }
 
 /// Whether `object` in `namespace` is, or would be, injected through `configuration`.
@@ -443,35 +311,6 @@ fn denied(
     finding
 }
 
-/// A pod that carries our status: injected, and for a live pod, whether its sidecars are
-/// still the config's.
-fn already_injected(
-    mut finding: Finding,
-    injected: Injected,
-    object: &Object,
-    pod: &Value,
-    config: &Config,
-) -> Finding {
-    finding.result = Verdict::Injected;
-    finding.reason = "already-injected".into();
-    if object.live && object.kind == "Pod" {
-        if injected.digests.is_empty() {
-            finding.message =
-                "injected before profile digests were recorded: its version is unknown".into();
-        } else if let Some(changes) = stale(pod, &injected.digests, config) {
-            finding.result = Verdict::Stale;
-            finding.reason = "profile-changed".into();
-            finding.message = format!(
-                "{changes}; `sidecar-injector rollout --stale` (or `kubectl rollout restart` \
-                 its workload) gives it the current sidecars"
-            );
-        }
-    }
-    finding.profiles = injected.profiles;
-    finding.containers = injected.containers;
-    finding
-}
-
 /// No webhook injects: the first that left it unchanged says why, else the webhooks the
 /// apiserver would skip.
 fn not_injected(
@@ -503,89 +342,6 @@ fn not_injected(
             .join("; ");
     }
     finding
-}
-
-/// What differs between the profiles a pod was injected with (the digests its status
-/// records) and the config's same profiles, one clause per change; none when every digest
-/// is current.
-fn stale(pod: &Value, recorded: &BTreeMap<String, String>, config: &Config) -> Option<String> {
-    let mut changes = Vec::new();
-    let current = |p: &str| config.profiles.get(p).map(|p| p.digest.as_str());
-    for (name, digest) in inject::outdated(recorded, current) {
-        let Some(profile) = config.profiles.get(name) else {
-            changes.push(format!("profile {name}: no longer configured"));
-            continue;
-        };
-        let before = changes.len();
-        for wanted in &profile.configured {
-            let cname = wanted["name"].as_str().unwrap_or_default();
-            match pod_container(pod, cname) {
-                None => changes.push(format!("{name}/{cname}: added to the profile")),
-                Some(have) => changes.extend(
-                    container_changes(have, wanted)
-                        .into_iter()
-                        .map(|c| format!("{name}/{cname}: {c}")),
-                ),
-            }
-        }
-        if changes.len() == before {
-            changes.push(format!(
-                "profile {name}: digest {digest} -> {} (its volumes, app mounts or container order changed)",
-                profile.digest
-            ));
-        }
-    }
-    (!changes.is_empty()).then(|| changes.join("; "))
-}
-
-/// A container of the pod by name, in containers or initContainers (a native sidecar).
-fn pod_container<'p>(pod: &'p Value, name: &str) -> Option<&'p Value> {
-    ["containers", "initContainers"]
-        .iter()
-        .filter_map(|list| pod["spec"][list].as_array())
-        .flatten()
-        .find(|c| c["name"] == name)
-}
-
-/// How a running sidecar differs from the configured one, in the fields an operator changes
-/// (image, command, args, resources, env, mounts); what the injector adds per pod (the token
-/// mount, process-sharing settings) is not a difference.
-fn container_changes(have: &Value, wanted: &Value) -> Vec<String> {
-    let mut changes = Vec::new();
-    let show = |v: &Value| match v {
-        Value::Null => "none".to_string(),
-        Value::String(s) => Quoted(s).to_string(),
-        other => Quoted(&other.to_string()).to_string(),
-    };
-    for field in ["image", "command", "args", "resources", "env"] {
-        if have[field] != wanted[field] {
-            changes.push(match field {
-                "image" => format!("image {} -> {}", show(&have[field]), show(&wanted[field])),
-                _ => format!("{field} changed"),
-            });
-        }
-    }
-    let paths = |c: &Value| -> BTreeSet<String> {
-        c["volumeMounts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|m| m["mountPath"].as_str().map(String::from))
-            .collect()
-    };
-    let (had, want) = (paths(have), paths(wanted));
-    let missing: Vec<&String> = want.difference(&had).collect();
-    if !missing.is_empty() {
-        changes.push(format!(
-            "mounts {} added",
-            missing
-                .iter()
-                .map(|m| m.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        ));
-    }
-    changes
 }
 
 /// `Skip::stage` of a webhook whose rules do not cover pod creates.
@@ -637,11 +393,19 @@ fn injectable(
     finding
 }
 
+fn timestamp(value: Option<&Value>) -> Option<time::OffsetDateTime> {
+    let text = value?.as_str()?;
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::cluster::check::read::from_manifest;
     use crate::cluster::check::render::table;
+    use crate::engine::inject::{self, STATUS_KEY};
+    use crate::engine::pod::PodView;
+    use serde_json::json;
 
     /// The configuration `deploy/` installs, as the apiserver stores it.
     fn deployed() -> MutatingWebhookConfiguration {

@@ -5,8 +5,10 @@
 //! `run` is the shell: it reads those with the kube client.
 
 mod evaluate;
+mod injected;
 mod read;
 mod render;
+mod review;
 
 use std::path::{Path, PathBuf};
 
