@@ -243,13 +243,17 @@ async fn stale_workloads(
             .flatten()
             .find(|r| r.controller == Some(true));
         // A Deployment's pods share a ReplicaSet: read it once, by the controller's uid.
-        let found = match controller.and_then(|r| owners.get(&r.uid)) {
-            Some(known) => known.clone(),
-            None => owner(client, &ns, controller).await?,
+        let found = match controller {
+            Some(r) => match owners.get(&r.uid) {
+                Some(known) => known.clone(),
+                None => {
+                    let found = owner(client, &ns, controller).await?;
+                    owners.insert(r.uid.clone(), found.clone());
+                    found
+                }
+            },
+            None => owner(client, &ns, None).await?,
         };
-        if let Some(r) = controller {
-            owners.insert(r.uid.clone(), found.clone());
-        }
         match found {
             Owner::Restart(w) => *restart.entry(w).or_default() += 1,
             Owner::Leave(why) => println!(

@@ -358,17 +358,27 @@ pub struct Judged<'c> {
 }
 
 impl Judged<'_> {
+    /// Whether it injects, leaves the pod alone or denies it.
+    pub fn outcome(&self) -> Outcome {
+        match self.decision {
+            Decision::Inject { .. } => Outcome::Injected,
+            Decision::Unchanged { .. } => Outcome::Skipped,
+            Decision::Deny { .. } => Outcome::Denied,
+        }
+    }
+
     /// The answer: its bytes, and what the log and metrics need.
     pub fn answer(self) -> Answer {
-        let (outcome, profiles) = match &self.decision {
-            Decision::Inject { injection, .. } => (Outcome::Injected, injection.profiles.clone()),
-            Decision::Unchanged { .. } => (Outcome::Skipped, Vec::new()),
-            Decision::Deny { .. } => (Outcome::Denied, Vec::new()),
+        let body = render(&self.uid, &self.decision);
+        let (outcome, reason) = (self.outcome(), self.decision.reason());
+        let profiles = match self.decision {
+            Decision::Inject { injection, .. } => injection.profiles,
+            _ => Vec::new(),
         };
         Answer {
-            body: render(&self.uid, &self.decision),
+            body,
             outcome,
-            reason: self.decision.reason(),
+            reason,
             uid: self.uid,
             namespace: self.namespace,
             pod: self.pod,

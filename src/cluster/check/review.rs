@@ -8,7 +8,7 @@ use crate::engine::config::Config;
 use crate::engine::inject::{Decision, Policy};
 
 /// The names in a pod's container lists.
-pub(super) fn container_names(pod: &Value) -> Vec<String> {
+fn container_names(pod: &Value) -> Vec<String> {
     ["/spec/containers", "/spec/initContainers"]
         .iter()
         .filter_map(|p| pod.pointer(p).and_then(Value::as_array))
@@ -40,8 +40,8 @@ pub(super) fn review(pod: &Value, namespace: &str, policy: Policy, config: &Conf
         }
     });
     let body = body.to_string();
-    let decision = match crate::engine::admission::judge(body.as_bytes(), policy, config) {
-        Ok(judged) => judged.decision,
+    let judged = match crate::engine::admission::judge(body.as_bytes(), policy, config) {
+        Ok(judged) => judged,
         Err(e) => {
             return Reviewed {
                 outcome: Outcome::Error,
@@ -52,6 +52,8 @@ pub(super) fn review(pod: &Value, namespace: &str, policy: Policy, config: &Conf
             }
         }
     };
+    let outcome = judged.outcome();
+    let decision = judged.decision;
     let mut message = match &decision {
         Decision::Deny { message, .. } => message.clone(),
         _ => String::new(),
@@ -63,33 +65,24 @@ pub(super) fn review(pod: &Value, namespace: &str, policy: Policy, config: &Conf
         message.push_str(&format!("warning: {warning}"));
     }
     let reason = decision.reason().as_str().into();
-    match decision {
-        Decision::Inject { injection, .. } => Reviewed {
-            outcome: Outcome::Injected,
-            reason,
-            added: added_containers(pod, &injection.patch_json()),
-            profiles: injection.profiles,
-            message,
-        },
-        Decision::Unchanged { .. } => Reviewed {
-            outcome: Outcome::Skipped,
-            reason,
-            profiles: Vec::new(),
-            added: Vec::new(),
-            message,
-        },
-        Decision::Deny { .. } => Reviewed {
-            outcome: Outcome::Denied,
-            reason,
-            profiles: Vec::new(),
-            added: Vec::new(),
-            message,
-        },
+    let (profiles, added) = match decision {
+        Decision::Inject { injection, .. } => {
+            let added = added_containers(pod, &injection.patch_json());
+            (injection.profiles, added)
+        }
+        _ => (Vec::new(), Vec::new()),
+    };
+    Reviewed {
+        outcome,
+        reason,
+        profiles,
+        added,
+        message,
     }
 }
 
 /// The containers a patch adds to the pod (any list), by name.
-pub(super) fn added_containers(pod: &Value, patch: &str) -> Vec<String> {
+fn added_containers(pod: &Value, patch: &str) -> Vec<String> {
     let Ok(patch) = serde_json::from_str::<json_patch::Patch>(patch) else {
         return Vec::new();
     };
