@@ -598,24 +598,13 @@ fn dockerfile_passes_hadolint() {
     );
 }
 
-/// A Go tool built from its module by scripts/tool.sh (cached): helm, promtool.
-fn tool(name: &str) -> PathBuf {
-    let out = succeed(
-        Command::new("bash")
-            .arg(root().join("scripts/tool.sh"))
-            .arg(name),
-        &format!("scripts/tool.sh {name}"),
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
 fn helm() -> PathBuf {
-    tool("helm")
+    go_tool("helm")
 }
 
 #[test]
 fn promtool_checks_the_alerts_and_runs_their_tests() {
-    let promtool = tool("promtool");
+    let promtool = go_tool("promtool");
     for args in [
         vec![
             "check",

@@ -15,13 +15,7 @@ use serde_json::{json, Value};
 const NS: &str = "sidecar-injector";
 
 fn helm_command(c: &Cluster, args: &[&str]) -> Command {
-    let bin = succeed(
-        Command::new("bash")
-            .arg(root().join("scripts/tool.sh"))
-            .arg("helm"),
-        "scripts/tool.sh helm",
-    );
-    let mut command = Command::new(String::from_utf8_lossy(&bin.stdout).trim());
+    let mut command = Command::new(common::go_tool("helm"));
     command.args(args).env("KUBECONFIG", &c.kubeconfig);
     command
 }

@@ -104,6 +104,17 @@ fn tool(env: &str, default: &str, hint: &str) -> PathBuf {
     path
 }
 
+/// A Go tool built from its module by scripts/tool.sh (cached): helm, promtool.
+pub fn go_tool(name: &str) -> PathBuf {
+    let out = succeed(
+        Command::new("bash")
+            .arg(root().join("scripts/tool.sh"))
+            .arg(name),
+        &format!("scripts/tool.sh {name}"),
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
 /// kube-apiserver's JSON-patch library (evanphx/json-patch v4), as a command.
 pub fn apply_jsonpatch(object: &Value, patch: &[u8]) -> Result<Value, String> {
     let exe = tool(
