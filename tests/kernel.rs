@@ -69,6 +69,9 @@ fn start_app(mark: &Path) -> Child {
             "--clear-groups",
         ])
         .args(["--inh-caps=-all", "--bounding-set=-all", "--"])
+        // A shell cannot trap a signal ignored when it started, and a suite run under `nohup`
+        // hands SIGHUP down ignored: the app starts with it at its default, as in a container.
+        .args(["env", "--default-signal=HUP"])
         .args([
             "sh",
             "-c",
