@@ -170,10 +170,7 @@ fn certs(args: &CertsArgs) -> anyhow::Result<bool> {
 }
 
 fn check(args: &crate::cluster::check::CheckArgs, config: Option<&Path>) -> anyhow::Result<bool> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let findings = runtime.block_on(crate::cluster::check::run(args, config))?;
+    let findings = block_on(crate::cluster::check::run(args, config))??;
     let text = match args.output {
         crate::cluster::check::Format::Table => crate::cluster::check::table(&findings),
         crate::cluster::check::Format::Json => serde_json::to_string_pretty(&findings)? + "\n",
@@ -183,10 +180,15 @@ fn check(args: &crate::cluster::check::CheckArgs, config: Option<&Path>) -> anyh
 }
 
 fn rollout(args: &crate::cluster::rollout::RolloutArgs) -> anyhow::Result<bool> {
+    Ok(block_on(crate::cluster::rollout::run(args))??)
+}
+
+/// Runs one cluster command: a single thread is plenty for a handful of API calls.
+fn block_on<F: std::future::Future>(command: F) -> std::io::Result<F::Output> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    Ok(runtime.block_on(crate::cluster::rollout::run(args))?)
+    Ok(runtime.block_on(command))
 }
 
 fn run(cli: Cli) -> anyhow::Result<bool> {

@@ -29,7 +29,7 @@ use connections::{
     MAX_METRICS_CONNECTIONS, MAX_PROBE_CONNECTIONS,
 };
 use http::{metrics_router, probe_router, router};
-use reload::Sources;
+use reload::{Files, Sources};
 
 fn read(path: &PathBuf, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
@@ -102,11 +102,11 @@ fn load(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<Startu
             anyhow::bail!("serve needs --tls-cert and --tls-key (or --tls-auto, or --dev)");
         };
         let (c, k) = (read(cert, "certificate")?, read(key, "key")?);
-        (
-            c.clone(),
-            k.clone(),
-            Some((cert.clone(), key.clone(), vec![c, k])),
-        )
+        let files = Files {
+            paths: vec![cert.clone(), key.clone()],
+            loaded: vec![c.clone(), k.clone()],
+        };
+        (c, k, Some(files))
     };
     let loaded = tls::load_pair(&cert_pem, &key_pem).context("serving certificate")?;
     let state = Arc::new(AppState::new(
@@ -122,13 +122,11 @@ fn load(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<Startu
             let pem = read(path, "client CA")?;
             let verifier = tls::client_verifier(&pem).context("client CA")?;
             let ca = tls::ClientCa::new(verifier, args.tls.client_cert_names.clone());
-            Some((path.clone(), pem, Arc::new(ca)))
+            Some((Files::one(path.clone(), pem), Arc::new(ca)))
         }
     };
-    let tls_config = tls::server_config(
-        store.clone(),
-        client_ca.as_ref().map(|(_, _, ca)| ca.clone()),
-    )?;
+    let tls_config =
+        tls::server_config(store.clone(), client_ca.as_ref().map(|(_, ca)| ca.clone()))?;
     Ok(Startup {
         state,
         store,
@@ -137,23 +135,23 @@ fn load(args: &ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<Startu
         sources: Sources {
             cert: cert_source,
             client_ca,
-            config: config_path.zip(config_bytes),
+            config: config_path.zip(config_bytes).map(|(p, b)| Files::one(p, b)),
         },
     })
+}
+
+async fn listen(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
 }
 
 async fn run(args: ServeArgs, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let startup = load(&args, config_path)?;
     let state = startup.state;
-    let listener = TcpListener::bind(args.addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.addr))?;
-    let metrics_listener = TcpListener::bind(args.metrics_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.metrics_addr))?;
-    let probe_listener = TcpListener::bind(args.probe_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.probe_addr))?;
+    let listener = listen(args.addr).await?;
+    let metrics_listener = listen(args.metrics_addr).await?;
+    let probe_listener = listen(args.probe_addr).await?;
     tracing::info!(addr = %listener.local_addr()?, mtls = startup.mtls, "webhook listening");
     tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
     tracing::info!(addr = %probe_listener.local_addr()?, "probes listening");

@@ -59,13 +59,35 @@ impl Watch {
     }
 }
 
-/// What to reload: the certificate pair, the client CA and the config file, each with what
-/// was loaded at start.
+/// What to reload: the certificate pair, the client CA (and the verifier it updates) and
+/// the config file.
 #[derive(Clone)]
 pub struct Sources {
-    pub cert: Option<(PathBuf, PathBuf, Vec<Vec<u8>>)>,
-    pub client_ca: Option<(PathBuf, Vec<u8>, Arc<ClientCa>)>,
-    pub config: Option<(PathBuf, Vec<u8>)>,
+    pub cert: Option<Files>,
+    pub client_ca: Option<(Files, Arc<ClientCa>)>,
+    pub config: Option<Files>,
+}
+
+/// Files to watch, with their contents as start-up loaded them.
+#[derive(Clone)]
+pub struct Files {
+    pub paths: Vec<PathBuf>,
+    pub loaded: Vec<Vec<u8>>,
+}
+
+impl Files {
+    pub fn one(path: PathBuf, loaded: Vec<u8>) -> Files {
+        Files {
+            paths: vec![path],
+            loaded: vec![loaded],
+        }
+    }
+
+    /// A watch that reports the first change from what start-up loaded, or (`remember`
+    /// off, after a restart of the loop) whatever is on disk now.
+    fn watch(self, remember: bool) -> Watch {
+        Watch::new(self.paths, remember.then_some(self.loaded))
+    }
 }
 
 /// Logs the digest of each profile served (what `rollout --stale` compares pods against)
@@ -147,15 +169,13 @@ async fn poll_loop(
     interval: Duration,
     remember: bool,
 ) {
-    let mut cert = sources
-        .cert
-        .map(|(c, k, seen)| Watch::new(vec![c, k], remember.then_some(seen)));
+    let mut cert = sources.cert.map(|files| files.watch(remember));
     let mut client_ca = sources
         .client_ca
-        .map(|(p, seen, ca)| (Watch::new(vec![p], remember.then(|| vec![seen])), ca));
-    let mut config = sources.config.map(|(p, seen)| {
-        let origin = p.display().to_string();
-        (Watch::new(vec![p], remember.then(|| vec![seen])), origin)
+        .map(|(files, ca)| (files.watch(remember), ca));
+    let mut config = sources.config.map(|files| {
+        let origin = files.paths[0].display().to_string();
+        (files.watch(remember), origin)
     });
     loop {
         tokio::time::sleep(interval).await;

@@ -55,3 +55,33 @@ pub fn table(findings: &[Finding]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::check::evaluate::Verdict;
+
+    #[test]
+    fn the_table_escapes_what_it_prints_from_the_cluster() {
+        let finding = Finding {
+            namespace: "ns\u{1b}[2J".into(),
+            object: "Pod/web\u{202e}txt".into(),
+            result: Verdict::Injected,
+            reason: "already-injected".into(),
+            webhook: None,
+            profiles: vec!["a\nforged row".into()],
+            containers: Vec::new(),
+            message: String::new(),
+        };
+        let out = table(&[finding]);
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\u{202e}'),
+            "{out:?}"
+        );
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(
+            out.contains("ns\\u{1b}[2J") && out.contains("web\\u{202e}txt"),
+            "{out}"
+        );
+    }
+}

@@ -250,9 +250,9 @@ where
 }
 
 /// Starts managing the certificate in the background: the webhook serves `store`, and
-/// `state` is not ready until the caBundle trusts what it serves.
-/// Starts managing the certificate; the handle stops it (at shutdown: a replica on its way
-/// out writes nothing, so an uninstall leaves no Secret or Lease re-created behind it).
+/// `state` is not ready until the caBundle trusts what it serves. The handle stops it (at
+/// shutdown: a replica on its way out writes nothing, so an uninstall leaves no Secret or
+/// Lease re-created behind it).
 pub async fn spawn(
     args: AutoTlsArgs,
     store: Arc<CertStore>,
